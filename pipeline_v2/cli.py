@@ -1,0 +1,206 @@
+"""The `pipeline` command: parse, call one function, render. Only this module prints or exits."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from pipeline_v2 import control, render
+from pipeline_v2.config import Config, load_config
+from pipeline_v2.errors import ConfigError, PipelineError, UsageError
+from pipeline_v2.status import snapshot
+
+EXIT_CODES: dict[type[PipelineError], int] = {ConfigError: 2, UsageError: 2}
+
+app = typer.Typer(
+    help="Carry completed Optuna trials through backtest, stress and paper trading.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(
+    help="Check, show or print the JSON Schema of the config.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+
+out = Console(highlight=False, soft_wrap=True)
+
+ConfigPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="PIPELINE_CONFIG",
+        show_default="./stages.json",
+        help="Config file (JSON or YAML).",
+        dir_okay=False,
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+TrialRef = Annotated[str, typer.Argument(help="Trial number, or study:number.", show_default=False)]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line on stderr and return the exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn the library's typed errors into one stderr line and the right exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PipelineError as exc:
+            code = next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1)
+            raise fail(str(exc), code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(target: typer.Typer = app, name: str | None = None) -> Callable[[F], F]:
+    """Register a CLI command with error handling."""
+
+    def deco(fn: F) -> F:
+        target.command(name)(handles_errors(fn))
+        return fn
+
+    return deco
+
+
+def emit(data: Any, as_json: bool, view: Callable[[Any], Any] | None = None) -> None:
+    """Print JSON or the rich view."""
+    if as_json or view is None:
+        typer.echo(render.to_json(data))
+    else:
+        out.print(view(data))
+
+
+def open_workspace(config_path: Path | None) -> tuple[Config, control.Store]:
+    """Load the config and open its state DB."""
+    config = load_config(config_path)
+    return config, control.open_store(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workspace and status
+
+
+@command()
+def init(
+    config: ConfigPath = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rewrite the config (never the DB).")
+    ] = False,
+) -> None:
+    """Write a default stages.json (if absent) and create the state DB."""
+    result = control.init_workspace(config, force)
+    if not result.wrote_config and not result.created_db:
+        typer.echo(
+            f"Nothing to do: {result.config_path} and {result.state_db} already exist "
+            "(--force rewrites the config)."
+        )
+        return
+    if result.wrote_config:
+        typer.echo(f"Wrote {result.config_path}")
+    else:
+        typer.echo(f"Kept {result.config_path} (--force rewrites it)")
+    typer.echo(f"{'Created' if result.created_db else 'Kept'} state DB {result.state_db}")
+
+
+@command()
+def status(
+    config: ConfigPath = None,
+    json_: JsonFlag = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")] = False,
+) -> None:
+    """Pipeline health, trial and stage counts, and deployments."""
+    cfg, store = open_workspace(config)
+    if not watch:
+        emit(snapshot(store, cfg, time.time()), json_, render.status_view)
+        return
+    from rich.live import Live
+
+    try:
+        with Live(render.status_view(snapshot(store, cfg, time.time())), console=out) as live:
+            while True:
+                time.sleep(2)
+                live.update(render.status_view(snapshot(store, cfg, time.time())))
+    except KeyboardInterrupt:
+        pass
+
+
+@command()
+def trials(
+    config: ConfigPath = None,
+    status_: Annotated[
+        str | None, typer.Option("--status", help="Only trials in this status.")
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """List trials, optionally of one status."""
+    from pipeline_v2.models import TrialStatus
+
+    if status_ is not None and status_ not in {s.value for s in TrialStatus}:
+        raise UsageError(
+            f'--status: unknown status "{status_}" (expected one of '
+            f"{', '.join(s.value for s in TrialStatus)})"
+        )
+    _, store = open_workspace(config)
+    emit(store.list_trials(status_), json_, render.trials_table)
+
+
+@command()
+def show(trial: TrialRef, config: ConfigPath = None, json_: JsonFlag = False) -> None:
+    """One trial: its stages, results and audit trail."""
+    _, store = open_workspace(config)
+    data = control.show_trial(store, trial)
+    emit(data, json_, lambda d: render.trial_view(d["trial"], d["stages"], d["events"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+@command(config_app, "check")
+def config_check(config: ConfigPath = None) -> None:
+    """Validate the config and import every stage callable."""
+    cfg = control.check_config(config)
+    typer.echo(f"{cfg.source}: ok ({len(cfg.stages)} stages: {', '.join(cfg.stages)})")
+
+
+@command(config_app, "show")
+def config_show(config: ConfigPath = None) -> None:
+    """Print the config with every default filled in."""
+    typer.echo(json.dumps(load_config(config).to_json(), indent=2))
+
+
+@command(config_app, "schema")
+def config_schema() -> None:
+    """Print the JSON Schema of stages.json."""
+    from pipeline_v2.config import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="pipeline")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

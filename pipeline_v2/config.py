@@ -1,0 +1,504 @@
+"""Load and validate stages.json (or the same schema in YAML) into a frozen Config.
+
+The pydantic models below are the single place defaults live. Every validation error becomes a
+`ConfigError` whose one line names the file and the key path and quotes the bad value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline_v2.errors import ConfigError
+from pipeline_v2.stages.gates import Gate, format_number, parse_gate, parse_gates
+
+DEFAULT_CONFIG_NAME = "stages.json"
+TEMPLATE_FIELDS = ("study", "number", "trial_id", "value", "params", "user_attrs", "python")
+COMMAND_FIELDS = (*TEMPLATE_FIELDS, "model_dir", "run_dir")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds in `"90"`, `"30s"`, `"15m"`, `"2h"`, `"7d"`, `"1w"` or a plain number."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 30s, 15m, 2h or 7d, got {json.dumps(value)}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(
+                f"expected a duration like 30s, 15m, 2h or 7d, got {json.dumps(value)}"
+            )
+        seconds = float(match[1]) * _UNITS[match[2]]
+    if seconds < 0:
+        raise ValueError(f"expected a duration >= 0, got {json.dumps(value)}")
+    return seconds
+
+
+def check_template(template: str, allowed: tuple[str, ...]) -> str:
+    """Raise ValueError if `template` names a field outside `allowed`."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"invalid template {json.dumps(template)}: {exc}") from None
+    for name in fields:
+        root = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if root not in allowed:
+            raise ValueError(
+                f"unknown template field {{{name}}} in {json.dumps(template)} "
+                f"(expected one of {', '.join('{' + f + '}' for f in allowed)})"
+            )
+    return template
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class OptunaConfig(_Model):
+    """Where the Optuna trials come from."""
+
+    storage: str = Field("sqlite:///optuna.db", min_length=1)
+    studies: list[str] = Field(["my_study"], min_length=1)
+    states: list[Literal["COMPLETE", "PRUNED", "FAIL"]] = Field(["COMPLETE"], min_length=1)
+    model_dir: str = "models/trial_{number}"
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir_fields(cls, value: str) -> str:
+        return check_template(value, TEMPLATE_FIELDS)
+
+
+class DaemonConfig(_Model):
+    """The polling loop."""
+
+    check_interval: PositiveSeconds = 300
+    health_check_interval: PositiveSeconds = 60
+    workers: int = Field(2, ge=1)
+    http: str | None = "127.0.0.1:8765"
+    disk_warn_percent: float = Field(90, gt=0, le=100)
+
+
+class RetryConfig(_Model):
+    """Delays in seconds between attempts after an error; the last one repeats."""
+
+    delays: list[Annotated[float, Field(ge=0)]] = Field([5, 30, 300], min_length=1)
+
+
+class RestartConfig(_Model):
+    """Restart policy for crashed paper traders."""
+
+    backoff: list[Annotated[float, Field(ge=0)]] = Field([1, 60], min_length=2, max_length=2)
+    max_crashes: int = Field(5, ge=1)
+    window_seconds: PositiveSeconds = 60
+
+
+def _check_gate(expression: str) -> str:
+    parse_gate("metric", expression)
+    return expression
+
+
+GateExpression = Annotated[str, AfterValidator(_check_gate)]
+
+
+class StageConfig(_Model):
+    """A validation stage: a Python callable (`run`) or an argv template (`command`)."""
+
+    kind: Literal["stage"] = "stage"
+    enabled: bool = True
+    max_attempts: int = Field(3, ge=1)
+    timeout_seconds: PositiveSeconds = 300
+    run: str | None = None
+    command: list[str] | None = Field(None, min_length=1)
+    params: dict[str, Any] = {}
+    gates: dict[str, GateExpression] = {}
+    retry: RetryConfig | None = None
+
+    @field_validator("run")
+    @classmethod
+    def _run_format(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError(f'expected "<module>:<function>", got {json.dumps(value)}')
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_fields(cls, value: list[str] | None) -> list[str] | None:
+        for part in value or []:
+            check_template(part, COMMAND_FIELDS)
+        return value
+
+    @property
+    def parsed_gates(self) -> list[Gate]:
+        """The gates, parsed."""
+        return parse_gates(self.gates)
+
+
+class DeployStageConfig(StageConfig):
+    """The deployment stage: supervise the best trials' paper traders."""
+
+    kind: Literal["deploy"] = "deploy"  # type: ignore[assignment]
+    max_attempts: int = Field(1, ge=1)
+    timeout_seconds: PositiveSeconds = 60
+    auto_restart: bool = True
+    max_deployments: int = Field(3, ge=1)
+    rank_by: str = Field("backtest.sharpe", min_length=1)
+    min_improvement: float = Field(0.05, ge=0)
+    command: list[str] | None = Field(  # type: ignore[assignment]
+        [
+            "{python}",
+            "-m",
+            "pipeline_v2.paper",
+            "--model-dir",
+            "{model_dir}",
+            "--run-dir",
+            "{run_dir}",
+        ],
+        min_length=1,
+    )
+    stop_grace_seconds: PositiveSeconds = 10
+    heartbeat_timeout: PositiveSeconds = 120
+    restart: RestartConfig = RestartConfig()
+    evaluate_after: str | float = "7d"
+    gates: dict[str, GateExpression] = {
+        "sharpe": ">= 0.7",
+        "max_drawdown": "<= 0.35",
+        "total_return": ">= 0",
+    }
+
+    @field_validator("evaluate_after")
+    @classmethod
+    def _duration(cls, value: str | float) -> str | float:
+        parse_duration(value)
+        return value
+
+    @property
+    def evaluate_after_seconds(self) -> float:
+        """`evaluate_after` in seconds."""
+        return parse_duration(self.evaluate_after)
+
+
+def _default_stages() -> dict[str, StageConfig]:
+    return {
+        "backtest": StageConfig(
+            max_attempts=3,
+            timeout_seconds=60,
+            run="pipeline_v2.stages.builtin:backtest",
+            gates={"sharpe": ">= 1.0", "max_drawdown": "<= 0.25", "win_rate": ">= 0.45"},
+        ),
+        "cge_stress": StageConfig(
+            enabled=False,
+            max_attempts=2,
+            timeout_seconds=300,
+            run="pipeline_v2.stages.builtin:stress",
+            params={"scenarios": 200},
+            gates={
+                "profitable_fraction": ">= 0.40",
+                "median_sharpe": ">= 0.0",
+                "worst_drawdown": "<= 0.25",
+                "catastrophic": "== 0",
+            },
+        ),
+        "deploy": DeployStageConfig(),
+    }
+
+
+class NotifyConfig(_Model):
+    """Where events listed in `events` are delivered."""
+
+    webhook: str | None = None
+    command: list[str] | None = Field(None, min_length=1)
+    events: list[str] = ["trial.deployed", "trial.failed", "deployment.crash_loop"]
+
+
+class Config(_Model):
+    """The whole validated configuration. Paths are resolved against `base_dir`."""
+
+    optuna: OptunaConfig = OptunaConfig()
+    state_db: str = Field("pipeline_v2.db", min_length=1)
+    logs_dir: str = Field("logs", min_length=1)
+    daemon: DaemonConfig = DaemonConfig()
+    retry: RetryConfig = RetryConfig()
+    stages: dict[str, StageConfig | DeployStageConfig] = Field(default_factory=_default_stages)
+    notify: NotifyConfig = NotifyConfig()
+    base_dir: str = Field(".", exclude=True, description="internal: the config file's folder")
+    source: str = Field(DEFAULT_CONFIG_NAME, exclude=True, description="internal: the file")
+
+    def path(self, value: str) -> Path:
+        """Resolve a path from the config against the config file's folder."""
+        return (Path(self.base_dir) / os.path.expanduser(value)).resolve()
+
+    @property
+    def state_db_path(self) -> Path:
+        """The state DB file."""
+        return self.path(self.state_db)
+
+    @property
+    def logs_path(self) -> Path:
+        """The logs folder."""
+        return self.path(self.logs_dir)
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna storage with a relative SQLite or journal path made absolute."""
+        url = self.optuna.storage
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            return "sqlite:///" + str(self.path(url.removeprefix("sqlite:///")))
+        if "://" not in url:
+            return str(self.path(url))
+        return url
+
+    @property
+    def deploy_stage(self) -> tuple[str, DeployStageConfig] | None:
+        """The (first) deployment stage, if any."""
+        for name, stage in self.stages.items():
+            if isinstance(stage, DeployStageConfig):
+                return name, stage
+        return None
+
+    def retry_delays(self, stage: str) -> list[float]:
+        """The delays that apply to `stage`: its own override, else the global ones."""
+        override = self.stages[stage].retry
+        return list((override or self.retry).delays)
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as it would be written to stages.json: no internal or empty keys."""
+        data = self.model_dump(mode="json", exclude={"base_dir", "source", "stages"})
+        data["stages"] = {}
+        for name, stage in self.stages.items():
+            body = stage.model_dump(mode="json", exclude_none=True)
+            if body["kind"] == ("deploy" if name == "deploy" else "stage"):
+                del body["kind"]
+            data["stages"][name] = body
+        data["notify"] = data.pop("notify")
+        return _whole_numbers(data)
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Write 300.0 as 300, as a person would."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def default_config_path() -> Path:
+    """`$PIPELINE_CONFIG`, else ./stages.json."""
+    return Path(os.environ.get("PIPELINE_CONFIG") or DEFAULT_CONFIG_NAME)
+
+
+def read_document(path: Path) -> Any:
+    """Parse a JSON or YAML file; a syntax error names the line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f'{path}: config file not found (create one with "pipeline init" or pass --config PATH)'
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            return yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            raise ConfigError(f"{path}: {where}invalid YAML: {exc.problem}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Load, validate and resolve the config at `path` (default: `default_config_path()`)."""
+    path = Path(path) if path is not None else default_config_path()
+    raw = read_document(path)
+    return parse_config(raw, source=str(path), base_dir=str(path.resolve().parent))
+
+
+def parse_config(raw: Any, source: str = DEFAULT_CONFIG_NAME, base_dir: str = ".") -> Config:
+    """Validate an already parsed document."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a JSON object at the top level, got {_quote(raw)}")
+    raw = dict(raw)
+    stages = raw.pop("stages", None)
+    if "base_dir" in raw or "source" in raw:
+        key = "base_dir" if "base_dir" in raw else "source"
+        raise ConfigError(f"{source}: {key}: {_unknown_key(key, Config)}")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc, Config)}") from None
+    built = _parse_stages(stages, source) if stages is not None else _default_stages()
+    return config.model_copy(update={"stages": built, "base_dir": base_dir, "source": source})
+
+
+def _parse_stages(stages: Any, source: str) -> dict[str, StageConfig]:
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{source}: stages: expected an object of stages, got {_quote(stages)}")
+    if not stages:
+        raise ConfigError(f"{source}: stages: expected at least one stage, got {{}}")
+    built: dict[str, StageConfig] = {}
+    for name, body in stages.items():
+        where = f"stages.{name}"
+        if not re.fullmatch(r"[A-Za-z_][\w-]*", name):
+            raise ConfigError(
+                f'{source}: {where}: expected a stage name of letters, digits, "_" or "-", '
+                f"got {json.dumps(name)}"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: {where}: expected an object, got {_quote(body)}")
+        is_deploy = body.get("kind") == "deploy" or (name == "deploy" and "kind" not in body)
+        model = DeployStageConfig if is_deploy else StageConfig
+        try:
+            stage = model.model_validate(body)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {where}.{_describe(exc, model)}") from None
+        if isinstance(stage, DeployStageConfig):
+            if stage.run is not None:
+                raise ConfigError(
+                    f"{source}: {where}.run: a deploy stage starts a trader with "
+                    f'"command"; got "run": {json.dumps(stage.run)}'
+                )
+        elif (stage.run is None) == (stage.command is None):
+            given = "both" if stage.run is not None else "neither"
+            raise ConfigError(
+                f'{source}: {where}: expected exactly one of "run" or "command", got {given}'
+            )
+        built[name] = stage
+    return built
+
+
+# ---------------------------------------------------------------------------------------------
+# Error messages
+
+
+def _quote(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the last key of `loc`."""
+    for key in loc[:-1]:
+        field = model.model_fields.get(str(key))
+        annotation = field.annotation if field else None
+        candidates = [
+            a
+            for a in getattr(annotation, "__args__", (annotation,))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if not candidates:
+            return None
+        model = candidates[0]
+    return model
+
+
+def _unknown_key(key: str, model: type[BaseModel] | None) -> str:
+    known = [k for k in (model.model_fields if model else {}) if k not in ("base_dir", "source")]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"expected one of {', '.join(known)}"
+    return f"unknown key ({hint})"
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
+
+
+def _show_bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else format_number(value)
+
+
+def _bounds(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """` >= 1` for a field declared with `ge=1`, so a type error also says the range."""
+    owner = _model_at(model, loc)
+    field = owner.model_fields.get(str(loc[-1])) if owner else None
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    parts = [
+        f"{words[name]} {_show_bound(getattr(meta, name))}"
+        for meta in (field.metadata if field else [])
+        for name in words
+        if getattr(meta, name, None) is not None
+    ]
+    return " " + " and ".join(parts) if parts else ""
+
+
+def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line for the first error: `key.path: what was expected, got <value>`."""
+    error = exc.errors()[0]
+    loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    kind, ctx, got = error["type"], error.get("ctx", {}), _quote(error.get("input"))
+    if kind == "extra_forbidden":
+        return f"{path}: {_unknown_key(str(loc[-1]), _model_at(model, loc))}"
+    if kind == "missing":
+        return f"{path}: required key missing"
+    if kind == "value_error":
+        return f"{path}: {ctx.get('error', error['msg'])}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {
+            "greater_than_equal": ">=",
+            "greater_than": ">",
+            "less_than_equal": "<=",
+            "less_than": "<",
+        }[kind]
+        bound = _show_bound(next(iter(ctx.values())))
+        noun = "an integer" if isinstance(error["input"], int) and "." not in bound else "a number"
+        return f"{path}: expected {noun} {op} {bound}, got {got}"
+    if kind == "literal_error":
+        return f"{path}: expected one of {ctx.get('expected')}, got {got}"
+    if kind in ("too_short", "too_long"):
+        size = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        which = "at least" if kind == "too_short" else "at most"
+        return f"{path}: expected {which} {size} item(s), got {got}"
+    if kind in _EXPECTED:
+        return f"{path}: expected {_EXPECTED[kind]}{_bounds(model, loc)}, got {got}"
+    return f"{path}: {error['msg']}, got {got}"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of stages.json (internal fields left out)."""
+    schema = Config.model_json_schema()
+    for internal in ("base_dir", "source"):
+        schema["properties"].pop(internal, None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "pipeline_v2 stages.json"
+    return schema

@@ -1,0 +1,198 @@
+"""What the CLI's commands do, as plain functions over the config and the state DB.
+
+These work whether or not a daemon runs: they change the state DB in short transactions, and a
+running daemon picks the change up on its next turn (within a second).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline_v2 import plan
+from pipeline_v2.config import Config, DeployStageConfig, default_config_path, load_config
+from pipeline_v2.errors import ConfigError, NotFoundError, UsageError
+from pipeline_v2.models import PAUSABLE, StageRun, StageStatus, Trial, TrialStatus
+from pipeline_v2.store import Store
+
+
+def open_store(config: Config) -> Store:
+    """The state DB named by the config, migrated to this version's schema."""
+    return Store(config.state_db_path, notify_kinds=config.notify.events)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What `pipeline init` did."""
+
+    config_path: Path
+    state_db: Path
+    wrote_config: bool
+    created_db: bool
+
+
+def init_workspace(path: Path | None, force: bool) -> InitResult:
+    """Write the default stages.json (if absent, or with `force`) and create the state DB."""
+    path = path or default_config_path()
+    wrote = False
+    if force or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(Config().to_json(), indent=2) + "\n", encoding="utf-8")
+        wrote = True
+    config = load_config(path)
+    db_path = config.state_db_path
+    existed = db_path.exists()
+    open_store(config).close()
+    return InitResult(path, db_path, wrote, not existed)
+
+
+def show_trial(store: Store, ref: str) -> dict[str, Any]:
+    """A trial with its stages and audit trail."""
+    trial = store.find_trial(ref)
+    return {
+        "trial": trial,
+        "stages": store.stages_of(trial.id),
+        "events": store.events_of(trial.id),
+    }
+
+
+def _stage_named(store: Store, trial: Trial, name: str) -> StageRun:
+    stages = store.stages_of(trial.id)
+    for stage in stages:
+        if stage.name == name:
+            return stage
+    known = ", ".join(s.name for s in stages) or "none"
+    raise NotFoundError(f'trial {trial.ref} has no stage "{name}" (stages: {known})')
+
+
+def retry(store: Store, config: Config, ref: str, stage_name: str | None) -> list[str]:
+    """Failed or rejected stage(s) back to pending with attempts reset; returns their names."""
+    trial = store.find_trial(ref)
+    stages = store.stages_of(trial.id)
+    if stage_name is not None:
+        targets = [_stage_named(store, trial, stage_name)]
+    else:
+        targets = [s for s in stages if s.status in (StageStatus.FAILED, StageStatus.REJECTED)]
+    if not targets:
+        raise UsageError(
+            f"trial {trial.ref} has no failed or rejected stage to retry (status "
+            f"{trial.status.value}); name one with --stage"
+        )
+    for stage in targets:
+        if stage.status not in (StageStatus.FAILED, StageStatus.REJECTED, StageStatus.SKIPPED):
+            raise UsageError(
+                f"trial {trial.ref}: stage {stage.name} is {stage.status.value}; only a failed, "
+                "rejected or skipped stage can be retried"
+            )
+    if trial.status not in (
+        TrialStatus.FAILED,
+        TrialStatus.REJECTED,
+        TrialStatus.PROCESSING,
+        TrialStatus.PASSED,
+    ):
+        raise UsageError(f"trial {trial.ref} is {trial.status.value}; it cannot be retried")
+    first = min(s.position for s in targets)
+    later = [
+        s
+        for s in stages
+        if s.position > first
+        and s.status in (StageStatus.FAILED, StageStatus.REJECTED, StageStatus.SKIPPED)
+        and config.stages.get(s.name, None) is not None
+        and config.stages[s.name].enabled
+    ]
+    reason = "; ".join(
+        f"{s.name}: {s.reason or s.error_message or s.status.value}" for s in targets
+    )
+    store.reset_stages(
+        trial,
+        [*targets, *later],
+        first,
+        TrialStatus.PROCESSING,
+        time.time(),
+        f"retry by hand (was {reason})",
+    )
+    return [s.name for s in targets]
+
+
+def skip(store: Store, config: Config, ref: str, stage_name: str) -> TrialStatus:
+    """Mark a stage skipped and move the trial on; returns the trial's new status."""
+    trial = store.find_trial(ref)
+    stage = _stage_named(store, trial, stage_name)
+    if stage.status in (StageStatus.PASSED, StageStatus.SKIPPED, StageStatus.CANCELLED):
+        raise UsageError(f"trial {trial.ref}: stage {stage.name} is already {stage.status.value}")
+    if stage.status == StageStatus.RUNNING:
+        raise UsageError(f"trial {trial.ref}: stage {stage.name} is running; wait or cancel")
+    statuses = {
+        s.name: (StageStatus.SKIPPED if s.id == stage.id else s.status)
+        for s in store.stages_of(trial.id)
+    }
+    pos, new, also_skip = plan.position_after(statuses, config)
+    store.skip_stage(
+        trial,
+        stage,
+        pos,
+        None if trial.status == TrialStatus.PAUSED else new,
+        time.time(),
+        also_skip,
+    )
+    return store.get_trial(trial.id).status
+
+
+def pause(store: Store, ref: str | None) -> list[str]:
+    """Pause one trial, or with None every live trial and the pipeline itself."""
+    now = time.time()
+    if ref is None:
+        store.set_setting("paused_all", "1")
+        return ["all"]
+    trial = store.find_trial(ref)
+    if trial.status not in PAUSABLE:
+        raise UsageError(f"trial {trial.ref} is {trial.status.value}; only a live trial pauses")
+    store.pause_trial(trial, now)
+    return [trial.ref]
+
+
+def resume(store: Store, ref: str | None) -> list[str]:
+    """Resume one paused trial, or with None the whole pipeline and every paused trial."""
+    now = time.time()
+    if ref is None:
+        store.set_setting("paused_all", None)
+        resumed = store.list_trials(TrialStatus.PAUSED.value)
+        for trial in resumed:
+            store.resume_trial(trial, now)
+        return ["all", *(t.ref for t in resumed)]
+    trial = store.find_trial(ref)
+    if trial.status != TrialStatus.PAUSED:
+        raise UsageError(f"trial {trial.ref} is {trial.status.value}, not paused")
+    store.resume_trial(trial, now)
+    return [trial.ref]
+
+
+def cancel(store: Store, ref: str) -> str:
+    """Cancel a trial for good; a running attempt is killed by the daemon."""
+    trial = store.find_trial(ref)
+    if trial.status == TrialStatus.CANCELLED:
+        raise UsageError(f"trial {trial.ref} is already cancelled")
+    store.cancel_trial(trial, time.time())
+    return trial.ref
+
+
+def check_config(path: Path | None) -> Config:
+    """Load and validate; also check that every `run` callable imports."""
+    config = load_config(path)
+    for name, stage in config.stages.items():
+        if stage.run and not isinstance(stage, DeployStageConfig):
+            try:
+                plan_import(stage.run)
+            except ImportError as exc:
+                raise ConfigError(f"{config.source}: stages.{name}.run: {exc}") from None
+    return config
+
+
+def plan_import(target: str) -> Any:
+    """Import "module:function" or raise ImportError with a message naming it."""
+    from pipeline_v2.stages.runner import import_callable
+
+    return import_callable(target)

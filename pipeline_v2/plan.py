@@ -1,0 +1,176 @@
+"""Pure decisions: given state, config and `now`, what happens next. No clock, DB or process."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pipeline_v2.config import Config, DeployStageConfig
+from pipeline_v2.models import FINAL_STAGE, StageRun, StageStatus, TrialStatus
+from pipeline_v2.stages.gates import evaluate_gates
+
+# An attempt cut short by a daemon stop is not a failure, but this many in a row are.
+MAX_INTERRUPTIONS = 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one stage attempt ended, as reported by a runner."""
+
+    kind: Literal["ok", "reject", "error", "interrupted"]
+    metrics: dict[str, Any] | None = None
+    message: str | None = None
+    traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class StageUpdate:
+    """The decided result of an attempt: the stage's new state and the trial's next step."""
+
+    stage_id: int
+    stage: str
+    status: StageStatus
+    stage_pos: int
+    trial_status: TrialStatus | None
+    next_attempt_at: float | None = None
+    interruptions: int = 0
+    results: dict[str, Any] | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    trial_reason: str | None = None
+    attempts: int | None = None  # None: keep the count the claim made
+    skip: tuple[str, ...] = field(default_factory=tuple)
+
+
+def initial_stages(config: Config) -> tuple[list[tuple[str, StageStatus]], int]:
+    """Stage rows for a new trial (disabled ones recorded skipped) and its first position."""
+    rows = [
+        (name, StageStatus.PENDING if stage.enabled else StageStatus.SKIPPED)
+        for name, stage in config.stages.items()
+    ]
+    pos, _, _ = position_after(dict(rows), config)
+    return rows, pos
+
+
+def position_after(
+    statuses: Mapping[str, StageStatus], config: Config
+) -> tuple[int, TrialStatus, tuple[str, ...]]:
+    """The current stage position, the trial status its stages imply, and stages to skip.
+
+    A rejected or failed stage ends the trial; the first unfinished stage is current; a pending
+    stage that is disabled (or gone from the config) is skipped; reaching a deploy stage (or the
+    end) means the trial passed its validation.
+    """
+    skip: list[str] = []
+    for pos, name in enumerate(statuses):
+        status = statuses[name]
+        if status == StageStatus.REJECTED:
+            return pos, TrialStatus.REJECTED, tuple(skip)
+        if status == StageStatus.FAILED:
+            return pos, TrialStatus.FAILED, tuple(skip)
+        if status in FINAL_STAGE:
+            continue
+        stage = config.stages.get(name)
+        if status == StageStatus.PENDING and (stage is None or not stage.enabled):
+            skip.append(name)
+            continue
+        if isinstance(stage, DeployStageConfig):
+            return pos, TrialStatus.PASSED, tuple(skip)
+        return pos, TrialStatus.PROCESSING, tuple(skip)
+    return len(statuses), TrialStatus.PASSED, tuple(skip)
+
+
+def retry_delay(delays: Sequence[float], attempts: int) -> float:
+    """Delay after the `attempts`-th failed attempt; the last delay repeats."""
+    return float(delays[min(max(attempts, 1), len(delays)) - 1])
+
+
+def after_attempt(
+    stage: StageRun,
+    outcome: Outcome,
+    statuses: Mapping[str, StageStatus],
+    earlier: Mapping[str, Mapping[str, Any]],
+    config: Config,
+    now: float,
+) -> StageUpdate:
+    """Decide what an attempt's outcome means for the stage and the trial.
+
+    `stage.attempts` already counts this attempt (the claim counted it).
+    """
+    cfg = config.stages[stage.name]
+    interruptions = 0
+    status, next_at, reason, message = StageStatus.PASSED, None, None, None
+    metrics = outcome.metrics
+    if outcome.kind == "interrupted":
+        interruptions = stage.interruptions + 1
+        if interruptions < MAX_INTERRUPTIONS:
+            return StageUpdate(
+                stage.id,
+                stage.name,
+                StageStatus.PENDING,
+                stage.position,
+                None,
+                next_attempt_at=now,
+                interruptions=interruptions,
+                message=f"attempt {stage.attempts} interrupted ({interruptions} in a row)",
+                attempts=stage.attempts - 1,
+            )
+        outcome = Outcome("error", message=f"interrupted {interruptions} times in a row")
+    if outcome.kind == "ok":
+        reasons = evaluate_gates(cfg.parsed_gates, metrics or {}, earlier)
+        if reasons:
+            status, reason = StageStatus.REJECTED, "; ".join(reasons)
+        message = reason or "gates passed"
+    elif outcome.kind == "reject":
+        status, reason = StageStatus.REJECTED, outcome.message or "rejected"
+        message = reason
+    elif outcome.kind == "error":
+        if stage.attempts >= cfg.max_attempts:
+            status = StageStatus.FAILED
+            message = f"attempt {stage.attempts}/{cfg.max_attempts} failed: {outcome.message}"
+        else:
+            status = StageStatus.PENDING
+            next_at = now + retry_delay(config.retry_delays(stage.name), stage.attempts)
+            message = (
+                f"attempt {stage.attempts}/{cfg.max_attempts} failed, retry in "
+                f"{next_at - now:g}s: {outcome.message}"
+            )
+    after = dict(statuses) | {stage.name: status}
+    pos, trial_status, skip = position_after(after, config)
+    return StageUpdate(
+        stage.id,
+        stage.name,
+        status,
+        pos,
+        trial_status,
+        next_attempt_at=next_at,
+        interruptions=0 if outcome.kind != "error" else interruptions,
+        results=metrics if outcome.kind == "ok" else None,
+        error_message=outcome.message if outcome.kind == "error" else None,
+        error_traceback=outcome.traceback,
+        reason=reason,
+        message=message,
+        trial_reason=reason
+        if status == StageStatus.REJECTED
+        else (f"{stage.name}: {outcome.message}" if status == StageStatus.FAILED else None),
+        skip=skip,
+    )
+
+
+def attempts_to_start(
+    due: Sequence[Any], running: int, workers: int, *, paused: bool, stopping: bool
+) -> list[Any]:
+    """The due attempts that may start now: none when paused or stopping, else up to capacity."""
+    if paused or stopping:
+        return []
+    return list(due[: max(0, workers - running)])
+
+
+def next_wake(now: float, *times: float | None, cap: float = 1.0) -> float:
+    """Seconds to wait: until the earliest due time, never more than `cap`, never negative."""
+    due = [t for t in times if t is not None]
+    wait = min([cap, *(t - now for t in due)])
+    return max(0.0, wait)

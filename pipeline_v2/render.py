@@ -1,0 +1,182 @@
+"""Turn results into rich renderables and JSON-ready data. Builds; never prints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from enum import Enum
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from pipeline_v2.models import StageRun, Trial
+from pipeline_v2.status import iso
+
+STATUS_STYLE = {
+    "passed": "green",
+    "validated": "bold green",
+    "deployed": "cyan",
+    "running": "cyan",
+    "processing": "cyan",
+    "pending": "white",
+    "rejected": "yellow",
+    "failed": "red",
+    "fatal": "red",
+    "crashed": "red",
+    "cancelled": "dim",
+    "skipped": "dim",
+    "paused": "magenta",
+    "retired": "dim",
+    "healthy": "green",
+    "degraded": "yellow",
+    "down": "red",
+    "ok": "green",
+}
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclasses, enums and non-finite floats made JSON-safe."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def to_json(value: Any) -> str:
+    """Pretty JSON of any result."""
+    return json.dumps(jsonable(value), indent=2, default=str)
+
+
+def styled(status: str) -> Text:
+    """A status word in its colour."""
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A metric for a table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    """`12s ago`, `3m ago`, `in 5s`."""
+    if ts is None:
+        return "-"
+    delta = (now or time.time()) - ts
+    suffix = "ago" if delta >= 0 else "from now"
+    delta = abs(delta)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{delta / size:.0f}{unit} {suffix}"
+    return f"{delta:.0f}s {suffix}"
+
+
+def status_view(data: dict[str, Any]) -> Group:
+    """`pipeline status` as tables."""
+    head = Text.assemble(
+        "pipeline ",
+        styled(data["pipeline"]),
+        f"   trials {data['trials_total']}   last check {data['last_check'] or 'never'}",
+        "   [all paused]" if data.get("paused_all") else "",
+    )
+    counts = Table(title="trials", box=None)
+    counts.add_column("status")
+    counts.add_column("count", justify="right")
+    for key, value in data.items():
+        if key.startswith("trials_") and key != "trials_total":
+            counts.add_row(styled(key.removeprefix("trials_")), str(value))
+    stages = Table(title="stages", box=None)
+    stages.add_column("stage")
+    statuses = ["pending", "running", "passed", "rejected", "failed", "skipped", "cancelled"]
+    for status in statuses:
+        stages.add_column(status, justify="right")
+    for name, by_status in data["stages"].items():
+        stages.add_row(name, *(str(by_status.get(s, 0)) for s in statuses))
+    parts: list[Any] = [head, counts, stages]
+    if data["deployments"]:
+        parts.append(deployments_table(data["deployments"]))
+    return Group(*parts)
+
+
+def deployments_table(rows: list[dict[str, Any]]) -> Table:
+    """Deployments with pid, restarts and their latest metrics."""
+    table = Table(title="deployments", box=None)
+    for column in ("trial", "status", "pid", "restarts", "equity", "return", "sharpe", "heartbeat"):
+        table.add_column(column)
+    for row in rows:
+        metrics = row.get("metrics") or {}
+        table.add_row(
+            f"{row['study']}:{row['trial_number']}",
+            styled(row["status"]),
+            str(row.get("pid") or "-"),
+            str(row.get("restarts", 0)),
+            number(metrics.get("equity")),
+            number(metrics.get("total_return")),
+            number(metrics.get("sharpe")),
+            ago(row.get("last_heartbeat")),
+        )
+    return table
+
+
+def trials_table(trials: list[Trial]) -> Table:
+    """`pipeline trials`."""
+    table = Table(box=None)
+    for column in ("trial", "status", "value", "params", "reason"):
+        table.add_column(column, overflow="fold")
+    for trial in trials:
+        params = ", ".join(f"{k}={number(v)}" for k, v in trial.params.items())
+        table.add_row(
+            trial.ref, styled(trial.status.value), number(trial.value), params, trial.reason or ""
+        )
+    return table
+
+
+def trial_view(trial: Trial, stages: list[StageRun], events: list[dict[str, Any]]) -> Group:
+    """`pipeline show TRIAL`: the trial, its stages and its audit trail."""
+    head = Text.assemble(
+        (trial.ref, "bold"),
+        "  ",
+        styled(trial.status.value),
+        f"  value {number(trial.value)}  model_dir {trial.model_dir}",
+        f"\nparams {json.dumps(jsonable(trial.params))}",
+        f"\nflags {', '.join(trial.flags)}" if trial.flags else "",
+        f"\nreason {trial.reason}" if trial.reason else "",
+    )
+    table = Table(title="stages", box=None)
+    for column in ("stage", "status", "attempts", "next attempt", "result"):
+        table.add_column(column, overflow="fold")
+    for stage in stages:
+        result = stage.reason or stage.error_message or ""
+        if stage.results and not result:
+            result = ", ".join(
+                f"{k}={number(v)}" for k, v in stage.results.items() if isinstance(v, int | float)
+            )
+        table.add_row(
+            stage.name,
+            styled(stage.status.value),
+            str(stage.attempts),
+            ago(stage.next_attempt_at) if stage.status.value == "pending" else "-",
+            result,
+        )
+    trail = Table(title="events", box=None)
+    for column in ("time", "event", "stage", "message"):
+        trail.add_column(column, overflow="fold")
+    for event in events:
+        trail.add_row(
+            iso(event["ts"]) or "", event["kind"], event["stage"] or "", event["message"] or ""
+        )
+    return Group(head, table, trail)

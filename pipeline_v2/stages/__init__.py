@@ -1,0 +1,1 @@
+"""Stage runners, gates and the builtin backtest / stress stages."""

@@ -1,0 +1,120 @@
+"""CLI basics: init, status on a fresh DB, trials/show, and help on every command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer.main
+
+from pipeline_v2.cli import app
+from pipeline_v2.config import Config
+
+SEED_KEYS = {"pipeline", "trials_pending", "trials_processing", "trials_deployed", "last_check"}
+
+
+def test_init_writes_seed_config_and_db_then_changes_nothing(invoke, tmp_path: Path) -> None:
+    result = invoke("init")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "stages.json").read_text()) == Config().to_json()
+    assert (tmp_path / "pipeline_v2.db").exists()
+    config_before = (tmp_path / "stages.json").read_text()
+    again = invoke("init")
+    assert again.exit_code == 0
+    assert again.stdout.startswith("Nothing to do:")
+    assert (tmp_path / "stages.json").read_text() == config_before
+
+
+def test_init_force_rewrites_config_never_db(invoke, tmp_path: Path) -> None:
+    invoke("init")
+    (tmp_path / "stages.json").write_text(json.dumps({"daemon": {"workers": 9}}))
+    db_before = (tmp_path / "pipeline_v2.db").read_bytes()
+    result = invoke("init", "--force")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "stages.json").read_text())["daemon"]["workers"] == 2
+    assert (tmp_path / "pipeline_v2.db").read_bytes() == db_before
+
+
+def test_status_json_on_a_fresh_db(invoke) -> None:
+    invoke("init")
+    result = invoke("status", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) >= SEED_KEYS
+    counts = {k: v for k, v in data.items() if k.startswith("trials_")}
+    assert set(counts.values()) == {0}
+    assert {"trials_passed", "trials_rejected", "trials_failed", "trials_validated"} <= set(counts)
+    assert data["pipeline"] == "down"
+    assert data["last_check"] is None
+    assert data["deployments"] == []
+    assert data["stages"] == {"backtest": {}, "cge_stress": {}, "deploy": {}}
+
+
+def test_status_table(invoke) -> None:
+    invoke("init")
+    result = invoke("status")
+    assert result.exit_code == 0
+    assert "pipeline down" in result.stdout
+    assert "backtest" in result.stdout
+
+
+def test_trials_rejects_an_unknown_status(invoke) -> None:
+    invoke("init")
+    result = invoke("trials", "--status", "done")
+    assert result.exit_code == 2
+    assert result.stderr.startswith('error: --status: unknown status "done" (expected one of ')
+
+
+def test_show_unknown_trial_lists_what_exists(invoke) -> None:
+    invoke("init")
+    result = invoke("show", "5")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        'error: no trial "5"; the state DB has no trials yet (run "pipeline discover")\n'
+    )
+
+
+def _commands(group, prefix: str = "") -> list[tuple[str, object]]:
+    """Every command and sub-command (typer vendors click, so duck-type the groups)."""
+    found = []
+    for name, cmd in group.commands.items():
+        found.append((prefix + name, cmd))
+        if hasattr(cmd, "commands"):
+            found.extend(_commands(cmd, f"{prefix}{name} "))
+    return found
+
+
+def test_every_command_has_help(invoke) -> None:
+    group = typer.main.get_command(app)
+    commands = _commands(group)  # type: ignore[arg-type]
+    assert len(commands) >= 8
+    for name, cmd in commands:
+        assert cmd.help and cmd.help.strip(), f"{name} has no help"
+        result = invoke(*name.split(), "--help")
+        assert result.exit_code == 0, name
+        for param in cmd.params:
+            if param.param_type_name == "option":
+                assert param.help, f"{name} {param.opts} has no help"
+
+
+def test_every_data_command_takes_config(invoke) -> None:
+    group = typer.main.get_command(app)
+    for name, cmd in _commands(group):  # type: ignore[arg-type]
+        if hasattr(cmd, "commands") or name == "config schema":
+            continue
+        opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
+        assert "--config" in opts, name
+
+
+def test_python_dash_m(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline_v2", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0
+    assert "Usage: pipeline" in result.stdout

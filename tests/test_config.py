@@ -1,0 +1,187 @@
+"""Config loading: defaults, path resolution, and one exact line for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline_v2.config import Config, load_config, parse_duration
+
+
+def test_defaults_are_the_seed_values() -> None:
+    config = Config()
+    backtest, stress, deploy = (config.stages[n] for n in ("backtest", "cge_stress", "deploy"))
+    assert (backtest.enabled, backtest.max_attempts, backtest.timeout_seconds) == (True, 3, 60)
+    assert (stress.enabled, stress.max_attempts, stress.timeout_seconds) == (False, 2, 300)
+    assert (deploy.enabled, deploy.max_attempts, deploy.auto_restart) == (True, 1, True)
+    assert config.daemon.check_interval == 300
+    assert config.daemon.health_check_interval == 60
+    assert config.retry.delays == [5, 30, 300]
+    assert deploy.evaluate_after_seconds == 7 * 86400
+
+
+def test_written_default_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "stages.json"
+    path.write_text(json.dumps(Config().to_json()))
+    assert load_config(path).to_json() == Config().to_json()
+
+
+def test_yaml_with_the_same_schema(tmp_path: Path) -> None:
+    path = tmp_path / "stages.yaml"
+    path.write_text("daemon:\n  workers: 4\nretry:\n  delays: [1, 2]\n")
+    config = load_config(path)
+    assert config.daemon.workers == 4
+    assert config.retry.delays == [1, 2]
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    sub = tmp_path / "ws"
+    sub.mkdir()
+    (sub / "stages.json").write_text(json.dumps({"state_db": "state/p.db"}))
+    config = load_config(sub / "stages.json")
+    assert config.state_db_path == (sub / "state" / "p.db").resolve()
+    assert config.storage_url == f"sqlite:///{(sub / 'optuna.db').resolve()}"
+    assert config.logs_path == (sub / "logs").resolve()
+
+
+def test_per_stage_retry_overrides_global(tmp_path: Path) -> None:
+    path = tmp_path / "stages.json"
+    path.write_text(
+        json.dumps({"stages": {"a": {"run": "m:f", "retry": {"delays": [1]}}, "b": {"run": "m:f"}}})
+    )
+    config = load_config(path)
+    assert config.retry_delays("a") == [1]
+    assert config.retry_delays("b") == [5, 30, 300]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("30s", 30), ("15m", 900), ("2h", 7200), ("7d", 604800), (90, 90), ("1.5h", 5400), ("45", 45)],
+)
+def test_durations(value: str | int, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+BAD = [
+    (
+        {"stages": {"deploy": {"max_atempts": 2}}},
+        "stages.deploy.max_atempts: unknown key (did you mean max_attempts?)",
+    ),
+    (
+        {"daemon": {"chek_interval": 5}},
+        "daemon.chek_interval: unknown key (did you mean check_interval?)",
+    ),
+    (
+        {"stages": {"backtest": {"run": "m:f", "max_attempts": "three"}}},
+        'stages.backtest.max_attempts: expected an integer >= 1, got "three"',
+    ),
+    (
+        {"stages": {"backtest": {"run": "m:f", "max_attempts": 0}}},
+        "stages.backtest.max_attempts: expected an integer >= 1, got 0",
+    ),
+    ({"retry": {"delays": [5, -1]}}, "retry.delays[1]: expected a number >= 0.0, got -1"),
+    (
+        {"stages": {"backtest": {"run": "m:f", "timeout_seconds": -5}}},
+        "stages.backtest.timeout_seconds: expected a number > 0.0, got -5",
+    ),
+    (
+        {"stages": {"backtest": {"run": "m:f", "gates": {"sharpe": "=> 1.0"}}}},
+        'stages.backtest.gates.sharpe: unknown operator "=>" in "=> 1.0" '
+        "(expected one of >= <= > < == != followed by a number)",
+    ),
+    (
+        {"stages": {"deploy": {"evaluate_after": "a week"}}},
+        'stages.deploy.evaluate_after: expected a duration like 30s, 15m, 2h or 7d, got "a week"',
+    ),
+    (
+        {"stages": {"backtest": {"run": "m:f", "command": ["x"]}}},
+        'stages.backtest: expected exactly one of "run" or "command", got both',
+    ),
+    (
+        {"stages": {"backtest": {"max_attempts": 2}}},
+        'stages.backtest: expected exactly one of "run" or "command", got neither',
+    ),
+    ({"daemon": {"workers": True}}, "daemon.workers: expected an integer >= 1, got true"),
+    (
+        {"optuna": {"model_dir": "models/{trial}"}},
+        'optuna.model_dir: unknown template field {trial} in "models/{trial}" (expected one of '
+        "{study}, {number}, {trial_id}, {value}, {params}, {user_attrs}, {python})",
+    ),
+    (
+        {"optuna": {"states": ["DONE"]}},
+        "optuna.states[0]: expected one of 'COMPLETE', 'PRUNED' or 'FAIL', got \"DONE\"",
+    ),
+    (
+        {"stages": {"backtest": {"run": "no_colon"}}},
+        'stages.backtest.run: expected "<module>:<function>", got "no_colon"',
+    ),
+    ([1, 2], "expected a JSON object at the top level, got [1, 2]"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), BAD)
+def test_bad_config_names_file_key_and_value(
+    invoke, tmp_path: Path, raw: object, message: str
+) -> None:
+    (tmp_path / "stages.json").write_text(json.dumps(raw))
+    result = invoke("config", "check")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: stages.json: {message}\n"
+
+
+def test_invalid_json_gives_line_and_column(invoke, tmp_path: Path) -> None:
+    (tmp_path / "stages.json").write_text('{\n  "daemon": {"workers": 2,}\n}\n')
+    result = invoke("status")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: stages.json: line 2, column 27: invalid JSON: "
+        "Expecting property name enclosed in double quotes\n"
+    )
+
+
+def test_invalid_yaml_gives_line_and_column(invoke, tmp_path: Path) -> None:
+    (tmp_path / "stages.yaml").write_text("daemon:\n  workers: [1, 2\n")
+    result = invoke("config", "check", "--config", "stages.yaml")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: stages.yaml: line 3, column 1: invalid YAML: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_missing_config(invoke) -> None:
+    result = invoke("status")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        'error: stages.json: config file not found (create one with "pipeline init" '
+        "or pass --config PATH)\n"
+    )
+
+
+def test_config_from_environment(invoke, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "other.json").write_text(json.dumps({"daemon": {"workers": 7}}))
+    monkeypatch.setenv("PIPELINE_CONFIG", str(tmp_path / "other.json"))
+    result = invoke("config", "show")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["daemon"]["workers"] == 7
+
+
+def test_config_check_imports_callables(invoke, tmp_path: Path) -> None:
+    (tmp_path / "stages.json").write_text(
+        json.dumps({"stages": {"a": {"run": "no_such_module_xyz:run"}}})
+    )
+    result = invoke("config", "check")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        'error: stages.json: stages.a.run: cannot import module "no_such_module_xyz" '
+        "(No module named 'no_such_module_xyz')\n"
+    )
+
+
+def test_schema_is_json_schema(invoke) -> None:
+    result = invoke("config", "schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema["additionalProperties"] is False
+    assert {"optuna", "daemon", "retry", "stages", "notify"} <= set(schema["properties"])
+    assert "base_dir" not in schema["properties"]

@@ -171,6 +171,25 @@ def show(trial: TrialRef, config: ConfigPath = None, json_: JsonFlag = False) ->
     emit(data, json_, lambda d: render.trial_view(d["trial"], d["stages"], d["events"]))
 
 
+@command()
+def discover(config: ConfigPath = None, json_: JsonFlag = False) -> None:
+    """Run one discovery pass now: record newly completed Optuna trials."""
+    from pipeline_v2.discovery import Discovery
+
+    cfg, store = open_workspace(config)
+    result = Discovery(cfg, store).poll()
+    if json_:
+        typer.echo(render.to_json(result))
+    else:
+        for study, n in result.new.items():
+            typer.echo(f"{study}: {n} new trial(s)")
+        for name in result.missing:
+            typer.echo(f"{name}: not in the storage (yet)")
+        typer.echo(f"{result.total} new in {result.seconds * 1000:.1f} ms")
+    if result.errors:
+        raise fail(result.errors[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Config
 

@@ -108,6 +108,7 @@ class Trial:
     number: int
     status: TrialStatus
     study_id: int = 0
+    generation: int = 0
     optuna_trial_id: int = 0
     value: float | None = None
     values: list[float | None] | None = None

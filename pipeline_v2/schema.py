@@ -16,7 +16,8 @@ def m001_trials_and_stages(db: Database) -> None:
         CREATE TABLE trials (
             id INTEGER PRIMARY KEY,
             study TEXT NOT NULL,
-            study_id INTEGER NOT NULL DEFAULT 0,  -- Optuna's id: a re-created study differs
+            study_id INTEGER NOT NULL DEFAULT 0,      -- Optuna's id (SQLite may reuse it)
+            generation INTEGER NOT NULL DEFAULT 0,    -- bumped when the study is re-created
             trial_number INTEGER NOT NULL,
             optuna_trial_id INTEGER,
             status TEXT NOT NULL,
@@ -33,7 +34,7 @@ def m001_trials_and_stages(db: Database) -> None:
             paused_from TEXT,
             created_at REAL NOT NULL,
             updated_at REAL NOT NULL,
-            UNIQUE (study, study_id, trial_number)
+            UNIQUE (study, generation, trial_number)
         );
         CREATE INDEX trials_status ON trials (status);
         CREATE TABLE stages (
@@ -97,11 +98,13 @@ def m002_events_outbox_cursors(db: Database) -> None:
             storage TEXT NOT NULL,
             study TEXT NOT NULL,
             study_id INTEGER NOT NULL,
+            generation INTEGER NOT NULL DEFAULT 0,
+            fingerprint TEXT,                     -- the study's first trial: id and start time
             max_trial_id INTEGER NOT NULL DEFAULT -1,
             lag_trial_id INTEGER NOT NULL DEFAULT -1,
             open_ids TEXT NOT NULL DEFAULT '[]',
             updated_at REAL NOT NULL,
-            PRIMARY KEY (storage, study, study_id)
+            PRIMARY KEY (storage, study)
         );
         """
     )

@@ -56,6 +56,7 @@ def _trial(row: sqlite3.Row) -> Trial:
         number=row["trial_number"],
         status=TrialStatus(row["status"]),
         study_id=row["study_id"],
+        generation=row["generation"],
         optuna_trial_id=row["optuna_trial_id"],
         value=row["value"],
         values=_loads(row["values"]),
@@ -249,6 +250,7 @@ class Store:
         row = {
             "study": fields["study"],
             "study_id": fields.get("study_id", 0),
+            "generation": fields.get("generation", 0),
             "trial_number": fields["number"],
             "optuna_trial_id": fields.get("trial_id"),
             "status": TrialStatus.PENDING.value,
@@ -288,6 +290,19 @@ class Store:
         )
         return trial_id
 
+    def known_numbers(self, study: str, generation: int, numbers: Sequence[int]) -> set[int]:
+        """Which of these trial numbers of this study generation are already recorded."""
+        known: set[int] = set()
+        for start in range(0, len(numbers), 500):
+            chunk = list(numbers[start : start + 500])
+            rows = self._all(
+                "SELECT trial_number FROM trials WHERE study = ? AND generation = ?"
+                f" AND trial_number IN ({', '.join('?' * len(chunk))})",
+                [study, generation, *chunk],
+            )
+            known.update(row[0] for row in rows)
+        return known
+
     def get_trial(self, trial_id: int) -> Trial:
         """The trial with this row id."""
         row = self._one("SELECT * FROM trials WHERE id = ?", [trial_id])
@@ -308,7 +323,7 @@ class Store:
         if study:
             sql += " AND study = ?"
             params.append(study)
-        rows = self._all(sql + " ORDER BY study, study_id DESC", params)
+        rows = self._all(sql + " ORDER BY study, generation DESC", params)
         studies = {row["study"] for row in rows}
         if len(studies) > 1:
             refs = ", ".join(sorted(f"{s}:{number_text}" for s in studies))
@@ -556,38 +571,30 @@ class Store:
     # -----------------------------------------------------------------------------------------
     # Discovery cursors
 
-    def get_cursor(self, storage: str, study: str, study_id: int) -> dict[str, Any] | None:
+    def get_cursor(self, storage: str, study: str) -> dict[str, Any] | None:
         """A study's discovery cursor, or None before its first poll."""
-        row = self._one(
-            "SELECT * FROM cursors WHERE storage = ? AND study = ? AND study_id = ?",
-            [storage, study, study_id],
-        )
+        row = self._one("SELECT * FROM cursors WHERE storage = ? AND study = ?", [storage, study])
         return None if row is None else dict(row) | {"open_ids": json.loads(row["open_ids"])}
 
-    def save_cursor(
-        self,
-        storage: str,
-        study: str,
-        study_id: int,
-        max_trial_id: int,
-        lag_trial_id: int,
-        open_ids: Iterable[int],
-        now: float,
-    ) -> None:
+    def save_cursor(self, storage: str, study: str, cursor: dict[str, Any], now: float) -> None:
         """Persist a study's discovery cursor (inside the caller's transaction)."""
         self.db.conn.execute(
-            "INSERT INTO cursors (storage, study, study_id, max_trial_id, lag_trial_id,"
-            " open_ids, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (storage, study, study_id) DO UPDATE SET"
-            " max_trial_id = excluded.max_trial_id, lag_trial_id = excluded.lag_trial_id,"
-            " open_ids = excluded.open_ids, updated_at = excluded.updated_at",
+            "INSERT INTO cursors (storage, study, study_id, generation, fingerprint,"
+            " max_trial_id, lag_trial_id, open_ids, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (storage, study) DO UPDATE SET"
+            " study_id = excluded.study_id, generation = excluded.generation,"
+            " fingerprint = excluded.fingerprint, max_trial_id = excluded.max_trial_id,"
+            " lag_trial_id = excluded.lag_trial_id, open_ids = excluded.open_ids,"
+            " updated_at = excluded.updated_at",
             [
                 storage,
                 study,
-                study_id,
-                max_trial_id,
-                lag_trial_id,
-                json.dumps(sorted(set(open_ids))),
+                cursor["study_id"],
+                cursor["generation"],
+                cursor["fingerprint"],
+                cursor["max_trial_id"],
+                cursor["lag_trial_id"],
+                json.dumps(sorted(set(cursor["open_ids"]))),
                 now,
             ],
         )
@@ -612,6 +619,17 @@ class Store:
                 " details = excluded.details, checked_at = excluded.checked_at",
                 [component, status, message, _dumps(details), now],
             )
+
+    def record_check(self, component: str, status: str, message: str, now: float, ok: bool) -> None:
+        """A component's health and, when it succeeded, `last_check`: one transaction."""
+        with self.transaction() as conn:
+            self.set_health(component, status, message, now)
+            if ok:
+                conn.execute(
+                    "INSERT INTO settings (key, value) VALUES ('last_check', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [repr(now)],
+                )
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Every component's last health record."""

@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/pipeline demo --dir demo
+	mkdir -p demo
+	cd demo && ../$(BIN)/pipeline init && ../$(BIN)/pipeline status
 
 test: install
 	$(BIN)/python -m pytest -q

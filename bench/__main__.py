@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["discovery"]
+ALL = ["discovery", "engine"]
 
 
 def main() -> None:

@@ -190,6 +190,91 @@ def discover(config: ConfigPath = None, json_: JsonFlag = False) -> None:
         raise fail(result.errors[0])
 
 
+@command(name="run-daemon")
+def run_daemon(
+    config: ConfigPath = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one turn of the loop, then exit.")
+    ] = False,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit 0 when nothing is due, running or waiting.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Stop after this many seconds.")
+    ] = None,
+) -> None:
+    """Run the pipeline loop: discover, run stages, supervise deployments."""
+    from pipeline_v2 import daemon, logs
+
+    if once and until_idle:
+        raise UsageError("--once and --until-idle: choose one")
+    cfg = load_config(config)
+    logs.configure(cfg.logs_path)
+    mode: daemon.Mode = "once" if once else "until_idle" if until_idle else "forever"
+    summary = daemon.run_daemon(config, mode, timeout)
+    typer.echo(f"daemon stopped ({summary.reason}): {summary.turns} turns, "
+               f"{summary.attempts} attempts started", err=True)
+
+
+@command()
+def retry(
+    trial: TrialRef,
+    config: ConfigPath = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="Only this stage.")] = None,
+) -> None:
+    """Put a failed or rejected stage back to pending, attempts reset."""
+    cfg, store = open_workspace(config)
+    names = control.retry(store, cfg, trial, stage)
+    typer.echo(f"{trial}: {', '.join(names)} back to pending")
+
+
+@command()
+def skip(
+    trial: TrialRef,
+    stage: Annotated[str, typer.Argument(help="Stage name.", show_default=False)],
+    config: ConfigPath = None,
+) -> None:
+    """Mark a stage skipped and move the trial on."""
+    cfg, store = open_workspace(config)
+    status_ = control.skip(store, cfg, trial, stage)
+    typer.echo(f"{trial}: {stage} skipped; trial is {status_.value}")
+
+
+AllFlag = Annotated[bool, typer.Option("--all", help="Every trial (and the pipeline itself).")]
+OptionalTrial = Annotated[
+    str | None, typer.Argument(help="Trial number, or study:number.", show_default=False)
+]
+
+
+def _one_or_all(trial: str | None, all_: bool) -> str | None:
+    if (trial is None) == (not all_):
+        raise UsageError("name a TRIAL or pass --all (not both)")
+    return trial
+
+
+@command()
+def pause(trial: OptionalTrial = None, all_: AllFlag = False, config: ConfigPath = None) -> None:
+    """Pause a trial (or --all): nothing new starts for it."""
+    _, store = open_workspace(config)
+    done = control.pause(store, _one_or_all(trial, all_))
+    typer.echo(f"paused: {', '.join(done)}")
+
+
+@command()
+def resume(trial: OptionalTrial = None, all_: AllFlag = False, config: ConfigPath = None) -> None:
+    """Resume a paused trial (or --all)."""
+    _, store = open_workspace(config)
+    done = control.resume(store, _one_or_all(trial, all_))
+    typer.echo(f"resumed: {', '.join(done)}")
+
+
+@command()
+def cancel(trial: TrialRef, config: ConfigPath = None) -> None:
+    """Cancel a trial for good; a running attempt is killed."""
+    _, store = open_workspace(config)
+    typer.echo(f"cancelled: {control.cancel(store, trial)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Config
 

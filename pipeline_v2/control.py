@@ -21,7 +21,9 @@ from pipeline_v2.store import Store
 
 def open_store(config: Config) -> Store:
     """The state DB named by the config, migrated to this version's schema."""
-    return Store(config.state_db_path, notify_kinds=config.notify.events)
+    notify = config.notify
+    kinds = notify.events if (notify.webhook or notify.command) else ()
+    return Store(config.state_db_path, notify_kinds=kinds)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ def m001_trials_and_stages(db: Database) -> None:
             optuna_trial_id INTEGER,
             status TEXT NOT NULL,
             stage_pos INTEGER NOT NULL DEFAULT 0,     -- position of the current stage
+            due_at REAL,       -- when the current stage may start; NULL: nothing to start
             value REAL,
             "values" TEXT,                            -- JSON list, multi-objective
             params TEXT NOT NULL DEFAULT '{}',
@@ -37,6 +38,7 @@ def m001_trials_and_stages(db: Database) -> None:
             UNIQUE (study, generation, trial_number)
         );
         CREATE INDEX trials_status ON trials (status);
+        CREATE INDEX trials_due ON trials (due_at, id) WHERE due_at IS NOT NULL;
         CREATE TABLE stages (
             id INTEGER PRIMARY KEY,
             trial_id INTEGER NOT NULL REFERENCES trials (id),
@@ -56,6 +58,7 @@ def m001_trials_and_stages(db: Database) -> None:
             UNIQUE (trial_id, stage_name)
         );
         CREATE INDEX stages_status ON stages (status);
+        CREATE UNIQUE INDEX stages_position ON stages (trial_id, position);
         CREATE TABLE health (
             component TEXT PRIMARY KEY,
             status TEXT NOT NULL,

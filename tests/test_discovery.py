@@ -170,7 +170,7 @@ def test_concurrent_writers_every_trial_exactly_once(tmp_path: Path, kind: str) 
             if x % 7 == 0:
                 raise optuna.TrialPruned()
             return x
-        study.optimize(objective, n_trials=30, catch=())
+        study.optimize(objective, n_trials=15, catch=())
         """
     )
     procs = [subprocess.Popen([sys.executable, "-c", writer, str(i)]) for i in range(4)]

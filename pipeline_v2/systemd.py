@@ -1,0 +1,31 @@
+"""sd_notify without a dependency: READY=1, WATCHDOG=1 and STOPPING=1 over $NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def sd_notify(message: str) -> bool:
+    """Send one state line to systemd; False when not running under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError:
+        return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec for this process, in seconds, or None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000

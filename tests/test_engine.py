@@ -1,0 +1,324 @@
+"""The stage engine end to end: real SQLite, real Optuna, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipeline_v2.config import load_config
+from pipeline_v2.daemon import Daemon
+from pipeline_v2.discovery import Discovery
+from pipeline_v2.models import StageStatus, TrialStatus
+from tests.engine_helpers import FIX, ROOT, run, spawn_daemon, store_for, workspace
+
+CMD = [sys.executable, str(ROOT / "tests" / "fixtures" / "command_stage.py")]
+
+
+def stage(target: str, **kw) -> dict:
+    return {"run": f"{FIX}:{target}", "max_attempts": 1, "timeout_seconds": 20, **kw}
+
+
+def only_stage(store, ref="s:0"):
+    trial = store.find_trial(ref)
+    return trial, store.stages_of(trial.id)[0]
+
+
+def test_trials_pass_through_stages_with_earlier_results(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"a": stage("ok"), "b": stage("ok")}, trials=3)
+    summary = run(path)
+    assert summary.idle and summary.attempts == 6
+    store = store_for(path)
+    for trial in store.list_trials():
+        assert trial.status == TrialStatus.PASSED
+        a, b = store.stages_of(trial.id)
+        assert (a.status, b.status) == (StageStatus.PASSED, StageStatus.PASSED)
+        assert a.results == {"sharpe": 1.5, "attempt": 1, "earlier": []}
+        assert b.results["earlier"] == ["a"]
+    log = tmp_path / "logs" / "trials" / "s" / "0" / "a.log"
+    assert '"event": "ran"' in log.read_text()
+
+
+def test_flaky_stage_passes_on_third_attempt_after_the_delays(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"a": stage("flaky", max_attempts=3)},
+                     retry={"delays": [0.2, 0.4]})
+    run(path)
+    store = store_for(path)
+    trial, a = only_stage(store)
+    assert (trial.status, a.status, a.attempts) == (TrialStatus.PASSED, StageStatus.PASSED, 3)
+    starts = [e["ts"] for e in store.events_of(trial.id) if e["kind"] == "stage.running"]
+    assert len(starts) == 3
+    assert starts[1] - starts[0] >= 0.2
+    assert starts[2] - starts[1] >= 0.4
+    errors = [e["message"] for e in store.events_of(trial.id) if e["kind"] == "stage.pending"]
+    assert errors[0] == "attempt 1/3 failed, retry in 0.2s: RuntimeError: flaky failure 1"
+
+
+def test_always_failing_stage_fails_after_max_attempts(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"a": stage("always_fail", max_attempts=3), "b": stage("ok")})
+    run(path)
+    store = store_for(path)
+    trial, a = only_stage(store)
+    assert (trial.status, a.status, a.attempts) == (TrialStatus.FAILED, StageStatus.FAILED, 3)
+    assert a.error_message == "ValueError: the data is wrong"
+    assert "raise ValueError" in a.error_traceback
+    assert trial.reason == "a: ValueError: the data is wrong"
+    assert store.stages_of(trial.id)[1].status == StageStatus.PENDING
+
+
+def test_hanging_stage_is_killed_at_timeout_with_its_children(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"a": stage("hang", timeout_seconds=1)})
+    run(path)
+    store = store_for(path)
+    trial, a = only_stage(store)
+    assert a.status == StageStatus.FAILED
+    assert a.error_message == "timed out after 1s (process group killed)"
+    run_dir = tmp_path / "logs" / "trials" / "s" / "0"
+    for name in ("grandchild.pid", "worker.pid"):
+        pid = int((run_dir / name).read_text())
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("exit_hard", "worker died (exit code 3)"),
+    ("segfault", "worker died (killed by SIGSEGV)"),
+    ("not_a_dict", "TypeError: a stage must return a dict of metrics, got list"),
+])
+def test_crashing_stage_is_an_error_and_the_daemon_lives(tmp_path: Path, target, message) -> None:
+    path = workspace(tmp_path, {"a": stage(target, max_attempts=2)}, trials=2)
+    assert run(path).idle
+    store = store_for(path)
+    for trial in store.list_trials():
+        a = store.stages_of(trial.id)[0]
+        assert (a.status, a.attempts, a.error_message) == (StageStatus.FAILED, 2, message)
+
+
+def test_gate_rejection_is_final_and_not_retried(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"a": stage("metric_from_param", max_attempts=3,
+                                           gates={"sharpe": ">= 0.2"})}, trials=2)
+    run(path)
+    store = store_for(path)
+    low, high = store.find_trial("s:0"), store.find_trial("s:1")
+    assert (low.status, high.status) == (TrialStatus.REJECTED, TrialStatus.PASSED)
+    a = store.stages_of(low.id)[0]
+    assert (a.status, a.attempts, a.reason) == (StageStatus.REJECTED, 1, "sharpe 0.1 < 0.2")
+    assert low.reason == "sharpe 0.1 < 0.2"
+
+
+def test_reject_exception_is_final(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"a": stage("reject", max_attempts=3)})
+    run(path)
+    trial, a = only_stage(store_for(path))
+    assert (trial.status, a.status, a.attempts) == (TrialStatus.REJECTED, StageStatus.REJECTED, 1)
+    assert a.reason == "strategy trades too rarely"
+
+
+def test_gates_read_earlier_stages_and_name_missing_metrics(tmp_path: Path) -> None:
+    gates = {"a.sharpe": ">= 2", "missing": "> 0"}
+    path = workspace(tmp_path, {"a": stage("ok"), "b": stage("ok", gates=gates)})
+    run(path)
+    trial, _ = only_stage(store_for(path))
+    assert trial.status == TrialStatus.REJECTED
+    assert trial.reason == "a.sharpe 1.5 < 2.0; missing missing (gate missing > 0.0)"
+
+
+def test_retry_reruns_a_failed_stage(tmp_path: Path, invoke) -> None:
+    flag = tmp_path / "flag"
+    path = workspace(tmp_path, {"a": stage("fail_unless_file", params={"flag": str(flag)})})
+    run(path)
+    assert store_for(path).find_trial("0").status == TrialStatus.FAILED
+    flag.touch()
+    result = invoke("retry", "0")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "0: a back to pending\n"
+    trial, a = only_stage(store_for(path))
+    assert (trial.status, a.status, a.attempts) == (TrialStatus.PROCESSING, StageStatus.PENDING, 0)
+    run(path)
+    trial, a = only_stage(store_for(path))
+    assert (trial.status, a.status, a.attempts) == (TrialStatus.PASSED, StageStatus.PASSED, 1)
+    history = [e["message"] for e in store_for(path).events_of(trial.id)]
+    assert "retry by hand (was a: RuntimeError: flag file missing)" in history
+
+
+def test_control_commands_name_what_exists(tmp_path: Path, invoke) -> None:
+    path = workspace(tmp_path, {"a": stage("ok")}, trials=2)
+    run(path, mode="once")
+    result = invoke("retry", "7")
+    assert result.exit_code == 1
+    assert result.stderr == 'error: no trial "7"; known: s: 2 trials, 0..1\n'
+    result = invoke("skip", "0", "nope")
+    assert result.exit_code == 1
+    assert result.stderr == 'error: trial s:0 has no stage "nope" (stages: a)\n'
+    result = invoke("pause")
+    assert result.exit_code == 2
+    assert result.stderr == "error: name a TRIAL or pass --all (not both)\n"
+
+
+def test_pause_resume_and_cancel(tmp_path: Path, invoke) -> None:
+    path = workspace(tmp_path, {"a": stage("ok")}, trials=3)
+    assert invoke("discover").exit_code == 0
+    assert invoke("pause", "0").stdout == "paused: s:0\n"
+    assert invoke("cancel", "1").stdout == "cancelled: s:1\n"
+    run(path)
+    store = store_for(path)
+    statuses = [t.status for t in store.list_trials()]
+    assert statuses == [TrialStatus.PAUSED, TrialStatus.CANCELLED, TrialStatus.PASSED]
+    assert store.stages_of(store.find_trial("1").id)[0].status == StageStatus.CANCELLED
+    assert invoke("resume", "0").stdout == "resumed: s:0\n"
+    run(path)
+    assert store_for(path).find_trial("0").status == TrialStatus.PASSED
+
+
+def test_pause_all_starts_nothing(tmp_path: Path, invoke) -> None:
+    path = workspace(tmp_path, {"a": stage("ok")}, trials=2)
+    assert invoke("pause", "--all").stdout == "paused: all\n"
+    summary = run(path, mode="forever", timeout=1.0)
+    assert summary.attempts == 0
+    assert invoke("resume", "--all").exit_code == 0
+    assert run(path).attempts == 2
+
+
+def test_skip_moves_the_trial_on(tmp_path: Path, invoke) -> None:
+    path = workspace(tmp_path, {"a": stage("always_fail"), "b": stage("ok")})
+    run(path)
+    result = invoke("skip", "0", "a")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "0: a skipped; trial is processing\n"
+    run(path)
+    trial = store_for(path).find_trial("0")
+    assert trial.status == TrialStatus.PASSED
+
+
+def test_command_stages(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {
+        "file": {"command": [*CMD, "result-file", "{params[x]}"], "max_attempts": 1},
+        "stdout": {"command": [*CMD, "stdout", "2.5"], "max_attempts": 1},
+    })
+    run(path)
+    store = store_for(path)
+    trial = store.find_trial("0")
+    first, second = store.stages_of(trial.id)
+    assert first.results == {"sharpe": 1.0, "trial": "s:0"}
+    assert second.results == {"sharpe": 2.5}
+
+
+@pytest.mark.parametrize(("mode", "message"), [
+    ("fail", "exit code 4: disk quota exceeded"),
+    ("no-metrics", "exited 0 but the last line of stdout is not JSON: 'done, but forgot the "
+                   "metrics?' (write a JSON object to $PIPELINE_RESULT_FILE or as the last stdout "
+                   "line)"),
+    ("silent", "exited 0 but wrote no metrics (write JSON to $PIPELINE_RESULT_FILE or as the "
+               "last stdout line)"),
+])
+def test_command_stage_errors(tmp_path: Path, mode: str, message: str) -> None:
+    path = workspace(tmp_path, {"c": {"command": [*CMD, mode], "max_attempts": 1}})
+    run(path)
+    _, c = only_stage(store_for(path))
+    assert (c.status, c.error_message) == (StageStatus.FAILED, message)
+
+
+def test_hanging_command_is_killed_at_timeout(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"c": {"command": [*CMD, "hang"], "max_attempts": 1,
+                                      "timeout_seconds": 0.5}})
+    started = time.monotonic()
+    run(path)
+    assert time.monotonic() - started < 10
+    _, c = only_stage(store_for(path))
+    assert c.error_message == "timed out after 0.5s (process group killed)"
+    leftovers = [p for p in psutil.Process().children(recursive=True)
+                 if "command_stage.py" in " ".join(p.cmdline())]
+    assert leftovers == []
+
+
+def test_once_runs_one_turn(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"a": stage("ok"), "b": stage("ok")}, trials=1)
+    summary = run(path, mode="once")
+    assert summary.reason == "once" and summary.attempts == 1
+    _, a = only_stage(store_for(path))
+    assert a.status == StageStatus.PASSED
+
+
+def test_interrupted_attempt_returns_to_pending_and_three_count(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"a": stage("ok", max_attempts=1)})
+    store = store_for(path)
+    Discovery(load_config(path), store).poll()
+    _, a = only_stage(store)
+    daemon = Daemon(path, mode="once")
+    daemon.store = store
+    for interrupted in (1, 2):
+        store.claim_attempt(a.id, time.time())  # as if a daemon died mid-attempt
+        daemon.reconcile(time.time())
+        a = store.get_stage(a.id)
+        assert (a.status, a.attempts, a.interruptions) == (StageStatus.PENDING, 0, interrupted)
+    store.claim_attempt(a.id, time.time())
+    daemon.reconcile(time.time())
+    a = store.get_stage(a.id)
+    assert a.status == StageStatus.FAILED
+    assert a.error_message == "interrupted 3 times in a row"
+
+
+def test_a_second_daemon_exits_naming_the_holder(tmp_path: Path, invoke) -> None:
+    path = workspace(tmp_path, {"a": stage("slow", params={"seconds": 30})})
+    first = spawn_daemon(path)
+    try:
+        lock = Path(str(tmp_path / "pipeline_v2.db") + ".lock")
+        deadline = time.monotonic() + 20
+        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = invoke("run-daemon", "--once")
+        assert result.exit_code == 1
+        assert result.stderr == (f"error: {lock}: another daemon (pid {first.pid}) is running "
+                                 "on this state DB; stop it first\n")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=20)
+
+
+def test_sigterm_during_a_run_exits_cleanly(tmp_path: Path) -> None:
+    path = workspace(tmp_path, {"a": stage("slow", params={"seconds": 0.3})}, trials=20)
+    proc = spawn_daemon(path)
+    store = store_for(path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if store.stage_counts().get("a", {}).get("passed", 0) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - started < 6
+    counts = store.stage_counts()["a"]
+    assert counts.get("running", 0) == 0
+    assert counts["passed"] >= 2
+    assert store.health()["daemon"]["status"] == "stopped"
+
+
+def test_sigkill_mid_run_then_restart_finishes_everything(tmp_path: Path) -> None:
+    counter = tmp_path / "runs.txt"
+    params = {"counter": str(counter), "seconds": 0.05}
+    path = workspace(tmp_path, {"a": stage("count_runs", params=params),
+                                "b": stage("count_runs", params=params)}, trials=30)
+    proc = spawn_daemon(path)
+    store = store_for(path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if store.stage_counts().get("a", {}).get("passed", 0) >= 5:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert store.stage_counts()["a"].get("passed", 0) < 30
+    summary = run(path)
+    assert summary.idle
+    assert {t.status for t in store.list_trials()} == {TrialStatus.PASSED}
+    passed = store.db.execute(
+        "SELECT trial_id, stage, COUNT(*) FROM events WHERE kind = 'stage.passed' GROUP BY 1, 2"
+    ).fetchall()
+    assert len(passed) == 60
+    assert {row[2] for row in passed} == {1}
+    assert store.integrity_check() == "ok"

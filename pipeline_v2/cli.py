@@ -275,6 +275,53 @@ def cancel(trial: TrialRef, config: ConfigPath = None) -> None:
     typer.echo(f"cancelled: {control.cancel(store, trial)}")
 
 
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f'--param: expected key=value, got "{pair}"')
+        try:
+            params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key] = text
+    return params
+
+
+@command()
+def backtest(
+    trial: Annotated[str | None, typer.Argument(
+        help="A discovered trial (number or study:number); omit for an ad hoc run.",
+        show_default=False)] = None,
+    config: ConfigPath = None,
+    data: Annotated[Path | None, typer.Option("--data", help="OHLCV CSV (or Parquet).")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", help="sma_cross, mean_reversion.")]
+    = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Strategy param k=v.")] = None,
+    commission: Annotated[float | None, typer.Option(
+        "--commission", min=0, help="Fraction of notional per fill [default: 0.0005].")] = None,
+    slippage: Annotated[float | None, typer.Option(
+        "--slippage", min=0, help="Fraction of price against each fill [default: 0.0005].")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="First date (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Last date (exclusive).")] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Backtest a trial's model, or a strategy on a CSV, and print the metrics."""
+    if trial is None:
+        if data is None or strategy is None:
+            raise UsageError("give a TRIAL, or --data CSV and --strategy NAME for an ad hoc run")
+        metrics = control.backtest_adhoc(data, strategy, _parse_params(param or []), commission,
+                                         slippage, start, end)
+    else:
+        if data is not None or strategy is not None or param:
+            raise UsageError("--data/--strategy/--param are for ad hoc runs; a TRIAL brings its "
+                             "own model (use --start/--end/--commission/--slippage to vary it)")
+        cfg, store = open_workspace(config)
+        overrides = {"commission": commission, "slippage": slippage, "start": start, "end": end}
+        metrics = control.backtest_trial(cfg, store, trial, overrides)
+    emit(metrics, json_, render.metrics_table)
+
+
 # ---------------------------------------------------------------------------------------------
 # Config
 

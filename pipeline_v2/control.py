@@ -198,3 +198,48 @@ def plan_import(target: str) -> Any:
     from pipeline_v2.stages.runner import import_callable
 
     return import_callable(target)
+
+
+def backtest_adhoc(data: Path, strategy: str, params: dict[str, Any], commission: float | None,
+                   slippage: float | None, start: str | None, end: str | None) -> dict[str, Any]:
+    """`pipeline backtest --data ... --strategy ...`: metrics of one ad hoc run."""
+    from pipeline_v2.backtest import DEFAULT_COMMISSION, DEFAULT_SLIPPAGE, backtest, load_bars
+
+    bars = load_bars(data).window(start, end)
+    cost = DEFAULT_COMMISSION if commission is None else commission
+    slip = DEFAULT_SLIPPAGE if slippage is None else slippage
+    return backtest(bars, strategy, params, cost, slip)[0]
+
+
+def backtest_trial(config: Config, store: Store, ref: str, overrides: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """`pipeline backtest TRIAL`: the trial's model through the configured backtest stage."""
+    from pipeline_v2.stages import builtin
+    from pipeline_v2.stages.context import StageContext
+    from pipeline_v2.stages.templates import trial_dir
+
+    trial = store.find_trial(ref)
+    name, stage = next(
+        ((n, s) for n, s in config.stages.items() if s.run == "pipeline_v2.stages.builtin:backtest"),
+        (None, None),
+    )
+    params = dict(stage.params if stage else {})
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    run_dir = trial_dir(config.logs_path, trial) / "adhoc"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(
+        study=trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs,
+        value=trial.value, model_dir=Path(trial.model_dir), run_dir=run_dir,
+        stage=name or "backtest", stage_params=params, results=store.stage_results(trial.id),
+        values=trial.values, trial_id=trial.optuna_trial_id, storage=config.storage_url,
+        config_dir=Path(config.base_dir), log=_QuietLog(),
+    )
+    return builtin.backtest(ctx)
+
+
+class _QuietLog:
+    """A stand-in for the stage logger when a backtest runs from the CLI."""
+
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        """Discard."""
+

@@ -287,7 +287,8 @@ class Daemon:
                     "model_dir": trial.model_dir, "run_dir": str(run_dir), "stage": stage.name,
                     "stage_params": cfg.params,
                     "results": self.store.stage_results(trial.id) if stage.position else {},
-                    "attempt": stage.attempts,
+                    "attempt": stage.attempts, "storage": self.config.storage_url,
+                    "config_dir": self.config.base_dir,
                 }
                 task = {"target": cfg.run, "context": context, "log_path": str(log_path)}
                 self.runner.start_callable(stage.id, task, cfg.timeout_seconds, now)

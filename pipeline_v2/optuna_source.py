@@ -301,3 +301,28 @@ def _chunks(items: list[int]) -> Iterable[list[int]]:
 
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def study_values(url: str, study: str) -> tuple[int, list[float]]:
+    """(trials tried in the newest study of this name, its COMPLETE trials' first values)."""
+    source = open_source(url)
+    try:
+        refs = [r for r in source.studies([study])]
+        if not refs:
+            raise StorageError(f'optuna.storage: no study "{study}"')
+        ref = max(refs, key=lambda r: r.study_id)
+        if isinstance(source, RdbSource):
+            tried = source._rows(
+                "SELECT COUNT(*) FROM trials WHERE study_id = :sid AND state IN"
+                " ('COMPLETE', 'PRUNED', 'FAIL')", sid=ref.study_id)[0][0]
+            rows = source._rows(
+                "SELECT v.value FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id"
+                " WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND v.objective = 0"
+                " AND v.value_type = 'FINITE'", sid=ref.study_id)
+            return int(tried), [float(r[0]) for r in rows if r[0] is not None]
+        trials = source._trials(ref)  # type: ignore[attr-defined]
+        done = [t for t in trials if t.state.name in FINAL_STATES]
+        values = [t.values[0] for t in done if t.state.name == "COMPLETE" and t.values]
+        return len(done), [v for v in values if math.isfinite(v)]
+    finally:
+        source.close()

@@ -180,3 +180,15 @@ def trial_view(trial: Trial, stages: list[StageRun], events: list[dict[str, Any]
             iso(event["ts"]) or "", event["kind"], event["stage"] or "", event["message"] or ""
         )
     return Group(head, table, trail)
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    """Backtest metrics, one per row."""
+    table = Table(box=None, show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if not isinstance(value, dict):
+            table.add_row(key, number(value, 6))
+    return table
+

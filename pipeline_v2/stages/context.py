@@ -12,7 +12,9 @@ class StageContext:
     """Everything a stage needs to know about the trial it validates.
 
     `results` holds the metrics of the trial's earlier passed stages, by stage name;
-    `log` is a structlog logger bound to the trial, stage and attempt.
+    `log` is a structlog logger bound to the trial, stage and attempt. `storage` is the Optuna
+    storage URL (read it, never write it) and `config_dir` the config file's folder, against
+    which relative paths in `stage_params` resolve.
     """
 
     study: str
@@ -28,4 +30,10 @@ class StageContext:
     attempt: int = 1
     values: list[float | None] | None = None
     trial_id: int = 0
+    storage: str = ""
+    config_dir: Path = Path(".")
     log: Any = None
+
+    def path(self, value: str | Path) -> Path:
+        """A path from stage params, resolved against the config folder."""
+        return (self.config_dir / Path(value).expanduser()).resolve()

@@ -55,6 +55,7 @@ def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
         fields = dict(task["context"])
         fields["model_dir"] = Path(fields["model_dir"])
         fields["run_dir"] = Path(fields["run_dir"])
+        fields["config_dir"] = Path(fields.get("config_dir", "."))
         fields["run_dir"].mkdir(parents=True, exist_ok=True)
         bound = {"trial": f"{fields['study']}:{fields['number']}", "stage": fields["stage"],
                  "attempt": fields["attempt"]}

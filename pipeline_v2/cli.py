@@ -275,6 +275,21 @@ def cancel(trial: TrialRef, config: ConfigPath = None) -> None:
     typer.echo(f"cancelled: {control.cancel(store, trial)}")
 
 
+@command()
+def deploy(trial: TrialRef, config: ConfigPath = None) -> None:
+    """Deploy a trial to paper trading by hand (replacing the worst if the slots are full)."""
+    cfg, store = open_workspace(config)
+    typer.echo(f"deploying: {control.deploy(store, cfg, trial)}")
+
+
+@command()
+def stop(trial: OptionalTrial = None, all_: AllFlag = False, config: ConfigPath = None) -> None:
+    """Stop a deployed trader (or --all); its trial is retired."""
+    cfg, store = open_workspace(config)
+    stopped = control.stop(store, cfg, _one_or_all(trial, all_))
+    typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:

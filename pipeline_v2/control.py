@@ -7,6 +7,7 @@ running daemon picks the change up on its next turn (within a second).
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,4 +243,67 @@ class _QuietLog:
 
     def info(self, *args: Any, **kwargs: Any) -> None:
         """Discard."""
+
+
+def deploy(store: Store, config: Config, ref: str) -> str:
+    """Deploy a trial by hand: a free slot, or it replaces the lowest-ranked deployed trial."""
+    from pipeline_v2.deployer import BY_HAND
+    from pipeline_v2.stages.templates import trial_dir
+
+    found = config.deploy_stage
+    if found is None:
+        raise UsageError("no deploy stage in the config (a stage named deploy or with "
+                         '"kind": "deploy")')
+    trial = store.find_trial(ref)
+    if store.live_deployment(trial.id) is not None:
+        raise UsageError(f"trial {trial.ref} is already deployed")
+    if trial.status not in (TrialStatus.PASSED, TrialStatus.RETIRED):
+        raise UsageError(f"trial {trial.ref} is {trial.status.value}; only a passed or retired "
+                         "trial can be deployed")
+    run_dir = trial_dir(config.logs_path, trial, "deployments")
+    store.begin_deployment(trial.id, found[0], str(run_dir), time.time(), BY_HAND)
+    return trial.ref
+
+
+def stop(store: Store, config: Config, ref: str | None, wait: bool = True) -> list[str]:
+    """Stop deployed traders by hand (one, or all with None); their trials are retired.
+
+    A running daemon stops them within a second. With no daemon, this process does it:
+    SIGTERM to the group, `stop_grace_seconds`, then SIGKILL — identity-checked.
+    """
+    from pipeline_v2.lock import daemon_pid
+    from pipeline_v2.models import DeploymentStatus, StageStatus
+    from pipeline_v2.supervisor import Identity, is_alive, signal_group
+
+    deps = store.deployments("starting", "running", "backoff", "stopping")
+    if ref is not None:
+        trial = store.find_trial(ref)
+        deps = [d for d in deps if d.trial_id == trial.id]
+        if not deps:
+            raise UsageError(f"trial {trial.ref} has no running deployment")
+    found = config.deploy_stage
+    stage_name = found[0] if found else "deploy"
+    grace = found[1].stop_grace_seconds if found else 10.0
+    now = time.time()
+    for dep in deps:
+        store.finish_deployment(dep.trial_id, stage_name, TrialStatus.RETIRED,
+                                StageStatus.CANCELLED, now, "stopped by hand")
+    if daemon_pid(config.state_db_path) is not None or not wait:
+        return [store.get_trial(d.trial_id).ref for d in deps]
+    for dep in deps:  # no daemon: do it here
+        if dep.pid is not None and dep.create_time is not None and dep.boot_id:
+            identity = Identity(dep.pid, dep.create_time, dep.boot_id)
+            signal_group(identity, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while is_alive(identity) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            signal_group(identity, signal.SIGKILL)
+        current = store.get_deployment(dep.id)
+        if current.status in (DeploymentStatus.STARTING, DeploymentStatus.RUNNING):
+            current = store.set_deployment_status(current, DeploymentStatus.STOPPING, now,
+                                                  "stopped by hand")
+        if current.status in (DeploymentStatus.STOPPING, DeploymentStatus.BACKOFF):
+            store.set_deployment_status(current, DeploymentStatus.STOPPED, time.time(),
+                                        "stopped by hand", reason="stopped by hand")
+    return [store.get_trial(d.trial_id).ref for d in deps]
 

@@ -7,7 +7,6 @@ commands from the CLI take effect within a second.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import selectors
@@ -23,13 +22,16 @@ from typing import Any, Literal
 from pipeline_v2 import plan
 from pipeline_v2.config import Config, StageConfig, load_config
 from pipeline_v2.control import open_store
+from pipeline_v2.deployer import Deployer
 from pipeline_v2.discovery import Discovery
-from pipeline_v2.errors import ConfigError, LockedError, PipelineError
+from pipeline_v2.errors import ConfigError, PipelineError
+from pipeline_v2.lock import DaemonLock
 from pipeline_v2.logs import get_logger
 from pipeline_v2.models import StageRun, StageStatus, Trial
 from pipeline_v2.notify import Notifier
 from pipeline_v2.stages.pool import StageRunner
 from pipeline_v2.stages.templates import render_argv, template_fields, trial_dir
+from pipeline_v2.supervisor import Supervisor
 from pipeline_v2.systemd import sd_notify, watchdog_interval
 
 Mode = Literal["forever", "once", "until_idle"]
@@ -46,36 +48,6 @@ class RunSummary:
     attempts: int = 0
     reason: str = ""
     idle: bool = False
-
-
-class DaemonLock:
-    """One daemon per state DB: an flock on `<state_db>.lock` holding the owner's pid."""
-
-    def __init__(self, state_db: Path) -> None:
-        self.path = state_db.with_name(state_db.name + ".lock")
-        self.fd: int | None = None
-
-    def __enter__(self) -> DaemonLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LockedError(
-                f"{self.path}: another daemon (pid {holder}) is running on this state DB; "
-                "stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class Daemon:
@@ -143,10 +115,12 @@ class Daemon:
             previous = self._install_signals()
             self.runner = StageRunner(self.config.daemon.workers, self.selector)
             self.discovery = Discovery(self.config, self.store)
+            self.deployer = Deployer(self.config, self.store, Supervisor(self.selector))
             self.notifier = Notifier(self.config)
             self.started = self.clock()
             try:
                 self.reconcile(self.started)
+                self.deployer.reconcile(self.started)
                 self._heartbeat(self.started, "running")
                 sd_notify("READY=1")
                 log.info("daemon_started", pid=os.getpid(), mode=self.mode,
@@ -157,6 +131,7 @@ class Daemon:
             finally:
                 sd_notify("STOPPING=1")
                 self.runner.close()
+                self.deployer.close()  # traders keep running for the next daemon to adopt
                 if self.notifier.is_alive():
                     self.notifier.stop()
                 self._heartbeat(self.clock(), "stopped")
@@ -196,10 +171,11 @@ class Daemon:
         return None
 
     def _is_idle(self) -> bool:
-        return not self.runner.running and not self.store.has_waiting_work()
+        return (not self.runner.running and not self.store.has_waiting_work()
+                and self.deployer.is_idle())
 
     def _wait(self, now: float) -> None:
-        due = [self.stop_deadline]
+        due = [self.stop_deadline, self.deployer.next_due()]
         if len(self.runner.running) < self.config.daemon.workers and not self.paused_all:
             due.append(self.store.next_attempt_time())  # else a worker's result wakes us
         if self.mode != "once" and not self.stop_requests:
@@ -235,6 +211,7 @@ class Daemon:
                     self.start_due(now)
                 for stage_id, outcome in finished:
                     self.record(stage_id, outcome, now)
+        self.deployer.turn(now, may_start=not self.stop_requests and not self.paused_all)
         if now >= self.next_health:
             self._heartbeat(now, "running")
             self.next_health = now + self.config.daemon.health_check_interval
@@ -350,6 +327,7 @@ class Daemon:
         self.logs_path = config.logs_path
         self.runner.size = config.daemon.workers
         self.discovery.config = config
+        self.deployer.configure(config)
         self.next_discovery = 0.0
         log.info("config_reloaded", stages=list(config.stages))
 

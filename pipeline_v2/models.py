@@ -77,7 +77,7 @@ TRANSITIONS: dict[type[Enum], dict[Enum, frozenset[Enum]]] = {
         S.CANCELLED: frozenset(),
     },
     DeploymentStatus: {
-        D.STARTING: frozenset({D.RUNNING, D.CRASHED, D.STOPPING, D.STOPPED}),
+        D.STARTING: frozenset({D.RUNNING, D.EXITED, D.CRASHED, D.STOPPING, D.STOPPED}),
         D.RUNNING: frozenset({D.EXITED, D.CRASHED, D.STOPPING}),
         D.EXITED: frozenset({D.STOPPED, D.STARTING}),
         D.CRASHED: frozenset({D.BACKOFF, D.FATAL, D.STOPPED}),
@@ -164,5 +164,6 @@ class Deployment:
     last_heartbeat: float | None = None
     metrics: dict[str, Any] | None = None
     started_at: float | None = None
+    spawned_at: float | None = None
     next_start_at: float | None = None
     reason: str | None = None

@@ -174,3 +174,81 @@ def next_wake(now: float, *times: float | None, cap: float = 1.0) -> float:
     due = [t for t in times if t is not None]
     wait = min([cap, *(t - now for t in due)])
     return max(0.0, wait)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployments
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Deployments to start (free slots) and to replace (old trial -> new trial)."""
+
+    start: tuple[int, ...] = ()
+    replace: tuple[tuple[int, int], ...] = ()
+
+
+def promote(candidates: Sequence[tuple[int, float]], deployed: Sequence[tuple[int, float]],
+            max_deployments: int, min_improvement: float) -> Promotion:
+    """Fill free slots with the best waiting trials; then let a waiting trial replace the worst
+    deployed one when it beats it by at least `min_improvement`. Higher rank is better."""
+    waiting = sorted(candidates, key=lambda c: (-c[1], c[0]))
+    free = max(0, max_deployments - len(deployed))
+    start = tuple(trial for trial, _ in waiting[:free])
+    replace: list[tuple[int, int]] = []
+    current = sorted(deployed, key=lambda d: (d[1], d[0]))  # worst first
+    for trial, rank in waiting[free:]:
+        if not current or rank < current[0][1] + min_improvement:
+            break
+        worst = current.pop(0)
+        replace.append((worst[0], trial))
+    return Promotion(start, tuple(replace))
+
+
+def rank_of(rank_by: str, value: float | None, results: Mapping[str, Mapping[str, Any]]
+            ) -> float:
+    """The ranking number: `value` (the Optuna value) or `stage.metric`; -inf when missing."""
+    if rank_by in ("value", "optuna.value"):
+        found: Any = value
+    else:
+        stage, _, metric = rank_by.partition(".")
+        found = results.get(stage, {}).get(metric)
+    if isinstance(found, bool) or not isinstance(found, int | float) or found != found:
+        return float("-inf")
+    return float(found)
+
+
+def restart_delay(consecutive: int, backoff: Sequence[float], jitter: float) -> float:
+    """Exponential backoff from backoff[0] doubling to backoff[1], times a jitter in [0.5, 1]."""
+    low, high = float(backoff[0]), float(backoff[1])
+    base = min(high, low * 2 ** max(0, consecutive - 1))
+    return base * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
+
+
+@dataclass(frozen=True)
+class CrashDecision:
+    """What to do after a crash: restart after `delay`, or give up (`fatal`)."""
+
+    fatal: bool
+    delay: float
+    crash_times: tuple[float, ...]
+    consecutive: int
+
+
+def after_crash(crash_times: Sequence[float], ran_for: float, now: float, max_crashes: int,
+                window_seconds: float, backoff: Sequence[float], jitter: float) -> CrashDecision:
+    """Record a crash; too many inside the window is a crash loop (fatal, never spins).
+
+    A run that stayed up longer than the window was stable: the backoff starts over.
+    """
+    recent = tuple(t for t in crash_times if now - t <= window_seconds) + (now,)
+    consecutive = 1 if ran_for > window_seconds else len(recent)
+    if len(recent) >= max_crashes:
+        return CrashDecision(True, 0.0, recent, consecutive)
+    return CrashDecision(False, restart_delay(consecutive, backoff, jitter), recent, consecutive)
+
+
+def is_hung(heartbeat_age: float | None, running_for: float, timeout: float) -> bool:
+    """No heartbeat for `timeout` seconds (counting from the start when there was none yet)."""
+    age = running_for if heartbeat_age is None else min(heartbeat_age, running_for)
+    return age > timeout

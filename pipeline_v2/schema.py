@@ -130,8 +130,9 @@ def m003_deployments(db: Database) -> None:
             last_exit INTEGER,
             last_heartbeat REAL,
             metrics TEXT,
-            started_at REAL,
-            next_start_at REAL,
+            started_at REAL,          -- first start: evaluate_after counts from here
+            spawned_at REAL,          -- this process's start
+            next_start_at REAL,       -- backoff: when to start; stopping: when to SIGKILL
             reason TEXT,
             updated_at REAL NOT NULL
         );

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pipeline_v2.store.deployments import DeploymentsMixin
 from pipeline_v2.store.ops import OpsMixin
-from pipeline_v2.store.trials import DueAttempt, TrialsMixin
+from pipeline_v2.store.trials import DueAttempt
 
 
-class Store(DeploymentsMixin, TrialsMixin, OpsMixin):
+class Store(DeploymentsMixin, OpsMixin):
     """The state DB. Open one per process (or thread)."""
 
 

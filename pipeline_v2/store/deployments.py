@@ -1,25 +1,143 @@
-"""Deployments: supervised paper-trading processes and their identity."""
+"""Deployments: supervised paper-trading processes, their identity, restarts and metrics."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
-from pipeline_v2.store.base import BaseStore, loads
+from pipeline_v2.models import Deployment, DeploymentStatus, StageStatus, TrialStatus
+from pipeline_v2.store.base import dumps, loads
+from pipeline_v2.store.trials import TrialsMixin
+
+LIVE_STATUSES = ("starting", "running", "stopping", "backoff")
 
 
-class DeploymentsMixin(BaseStore):
-    """Deployment rows."""
+def to_deployment(row: sqlite3.Row) -> Deployment:
+    """A deployments row as a Deployment."""
+    return Deployment(
+        id=row["id"], trial_id=row["trial_id"], status=DeploymentStatus(row["status"]),
+        run_dir=row["run_dir"], pid=row["pid"], create_time=row["create_time"],
+        boot_id=row["boot_id"], restarts=row["restarts"],
+        crash_times=loads(row["crash_times"], []), last_exit=row["last_exit"],
+        last_heartbeat=row["last_heartbeat"], metrics=loads(row["metrics"]),
+        started_at=row["started_at"], spawned_at=row["spawned_at"],
+        next_start_at=row["next_start_at"], reason=row["reason"],
+    )
+
+
+class DeploymentsMixin(TrialsMixin):
+    """Deployment rows and the trial / deploy-stage transitions that go with them."""
 
     def deployment_rows(self, live_only: bool = False) -> list[dict[str, Any]]:
-        """Deployments with their trial's reference, newest first."""
+        """Deployments with their trial's reference, newest first (for status views)."""
         sql = (
             "SELECT d.*, t.study, t.trial_number FROM deployments d"
             " JOIN trials t ON t.id = d.trial_id"
         )
         if live_only:
-            sql += " WHERE d.status NOT IN ('stopped', 'exited', 'fatal')"
+            sql += f" WHERE d.status IN {LIVE_STATUSES}"
         rows = self._all(sql + " ORDER BY d.id DESC")
         return [
             dict(r) | {"crash_times": loads(r["crash_times"], []), "metrics": loads(r["metrics"])}
             for r in rows
         ]
+
+    def get_deployment(self, deployment_id: int) -> Deployment:
+        """The deployment with this id."""
+        row = self._one("SELECT * FROM deployments WHERE id = ?", [deployment_id])
+        if row is None:
+            raise LookupError(f"no deployment {deployment_id}")
+        return to_deployment(row)
+
+    def deployments(self, *statuses: str) -> list[Deployment]:
+        """Deployments in these statuses (all when none given), oldest first."""
+        sql, params = "SELECT * FROM deployments", list(statuses)
+        if statuses:
+            sql += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+        return [to_deployment(r) for r in self._all(sql + " ORDER BY id", params)]
+
+    def live_deployment(self, trial_id: int) -> Deployment | None:
+        """The trial's deployment that is starting, running, stopping or in backoff."""
+        row = self._one(
+            f"SELECT * FROM deployments WHERE trial_id = ? AND status IN {LIVE_STATUSES}"
+            " ORDER BY id DESC LIMIT 1",
+            [trial_id],
+        )
+        return None if row is None else to_deployment(row)
+
+    def latest_deployment(self, trial_id: int) -> Deployment | None:
+        """The trial's most recent deployment, whatever its status."""
+        row = self._one("SELECT * FROM deployments WHERE trial_id = ? ORDER BY id DESC LIMIT 1",
+                        [trial_id])
+        return None if row is None else to_deployment(row)
+
+    def set_deployment_status(self, deployment: Deployment, new: DeploymentStatus, now: float,
+                              message: str | None = None, **sets: Any) -> Deployment:
+        """Change a deployment's status (checked) and record the event."""
+        if "crash_times" in sets:
+            sets["crash_times"] = dumps(sets["crash_times"])
+        if "metrics" in sets:
+            sets["metrics"] = dumps(sets["metrics"])
+        with self.transaction():
+            self._transition("deployments", deployment.id, deployment.status, new, now, **sets)
+            if new != deployment.status:
+                self.add_event(f"deployment.{new.value}", now, deployment.trial_id, None,
+                               deployment.status.value, new.value, message)
+        return self.get_deployment(deployment.id)
+
+    def note_deployment(self, deployment_id: int, now: float, **sets: Any) -> None:
+        """Update heartbeat / metrics / identity fields without a status change."""
+        if "metrics" in sets:
+            sets["metrics"] = dumps(sets["metrics"])
+        assignments = ", ".join(f"{column} = ?" for column in sets)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE deployments SET {assignments}, updated_at = ? WHERE id = ?",
+                [*sets.values(), now, deployment_id],
+            )
+
+    def add_deployment_event(self, kind: str, trial_id: int, now: float, message: str) -> None:
+        """An event about a deployment that is not a status change (e.g. a crash loop)."""
+        with self.transaction():
+            self.add_event(kind, now, trial_id, None, None, None, message)
+
+    def begin_deployment(self, trial_id: int, stage: str, run_dir: str, now: float,
+                         reason: str) -> Deployment:
+        """Trial -> deployed, its deploy stage -> running, a deployment row due to start now."""
+        with self.transaction():
+            trial = self.get_trial(trial_id)
+            deploy = next(s for s in self.stages_of(trial_id)
+                          if s.name == stage)
+            if deploy.status != StageStatus.RUNNING:
+                if deploy.status != StageStatus.PENDING:
+                    self.set_stage_status(deploy, StageStatus.PENDING, now, reason)
+                    deploy = next(s for s in self.stages_of(trial_id) if s.name == stage)
+                self.set_stage_status(deploy, StageStatus.RUNNING, now, reason,
+                                      attempts=deploy.attempts + 1, started_at=now)
+            self.set_trial_status(trial, TrialStatus.DEPLOYED, now, reason)
+            cursor = self.conn.execute(
+                "INSERT INTO deployments (trial_id, status, run_dir, next_start_at, reason,"
+                " updated_at) VALUES (?, 'backoff', ?, ?, ?, ?)",
+                [trial_id, run_dir, now, reason, now],
+            )
+            self.add_event("deployment.created", now, trial_id, stage, None, "backoff", reason)
+            return self.get_deployment(int(cursor.lastrowid or 0))
+
+    def finish_deployment(self, trial_id: int, stage: str, trial_status: TrialStatus,
+                          stage_status: StageStatus, now: float, reason: str,
+                          results: dict[str, Any] | None = None) -> None:
+        """Trial -> validated / retired / passed, the deploy stage -> its verdict."""
+        with self.transaction():
+            trial = self.get_trial(trial_id)
+            deploy = next(s for s in self.stages_of(trial_id)
+                          if s.name == stage)
+            sets: dict[str, Any] = {"finished_at": now, "reason": reason}
+            if results is not None:
+                sets["results"] = dumps(results)
+            if deploy.status == StageStatus.RUNNING and stage_status != StageStatus.RUNNING:
+                self.set_stage_status(deploy, stage_status, now, reason, **sets)
+            if trial.status == TrialStatus.PAUSED:
+                self.conn.execute("UPDATE trials SET paused_from = ? WHERE id = ?",
+                                  [trial_status.value, trial_id])
+            elif trial.status != trial_status:
+                self.set_trial_status(trial, trial_status, now, reason)

@@ -1,0 +1,1 @@
+"""The reference paper trader (`python -m pipeline_v2.paper`)."""

@@ -1,0 +1,195 @@
+"""Process supervision: spawn a trader in its own session, know it only by (pid, create time,
+boot id), watch its exit through a pidfd, stop its whole process group, re-adopt it later.
+
+Each trader runs under `pipeline_v2.shim`, which records its exit code in `run_dir/exit_code`,
+so a daemon that restarted (and so is not the parent) still learns how a trader ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+EXIT_FILE = "exit_code"
+LOG_FILE = "paper.log"
+HEARTBEAT_FILE = "heartbeat"
+METRICS_FILE = "metrics.json"
+CREATE_TIME_TOLERANCE_S = 0.05
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    """This boot's id: a pid from before a reboot is never the same process."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return f"boot@{psutil.boot_time():.0f}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a supervised process is. A pid alone is not an identity: pids are recycled."""
+
+    pid: int
+    create_time: float
+    boot_id: str
+
+
+def identify(pid: int) -> Identity:
+    """The identity of a running process."""
+    return Identity(pid, psutil.Process(pid).create_time(), boot_id())
+
+
+def is_alive(identity: Identity) -> bool:
+    """True only if this very process (not a recycled pid) still runs and is not a zombie."""
+    if identity.boot_id != boot_id():
+        return False
+    try:
+        proc = psutil.Process(identity.pid)
+        if abs(proc.create_time() - identity.create_time) > CREATE_TIME_TOLERANCE_S:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def signal_group(identity: Identity, sig: int) -> bool:
+    """Signal the process group this process leads — only after checking its identity."""
+    if not is_alive(identity):
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(identity.pid, sig)
+        return True
+    return False
+
+
+@dataclass
+class Watched:
+    """A supervised process being watched for its exit."""
+
+    deployment_id: int
+    identity: Identity
+    run_dir: Path
+    is_child: bool = False  # we are the parent: we reap it and get its status
+    status: int | None = None
+    pidfd: int | None = None
+
+
+class Supervisor:
+    """Starts and watches trader processes; the daemon's selector wakes on their exits."""
+
+    def __init__(self, selector: selectors.BaseSelector | None = None,
+                 wake: Callable[[], None] = lambda: None) -> None:
+        self.selector = selector
+        self.wake = wake
+        self.watched: dict[int, Watched] = {}
+
+    def spawn(self, deployment_id: int, argv: list[str], run_dir: Path,
+              env: dict[str, str] | None = None) -> Identity:
+        """Start `argv` (no shell) under the shim, in a new session, logging to paper.log."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pipeline_v2.shim", str(run_dir / EXIT_FILE), "--",
+                   *argv]
+        log = os.open(run_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            # posix_spawn rather than Popen: the process must outlive this daemon, and there
+            # is no Popen object to warn about that when the daemon exits.
+            pid = os.posix_spawn(
+                command[0], command, dict(env or os.environ, PIPELINE_RUN_DIR=str(run_dir)),
+                file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, log, 1),
+                              (os.POSIX_SPAWN_DUP2, log, 2)],
+                setsid=True,
+            )
+        finally:
+            os.close(log)
+            os.close(null)
+        identity = identify(pid)
+        self._watch(Watched(deployment_id, identity, run_dir, is_child=True))
+        return identity
+
+    def adopt(self, deployment_id: int, identity: Identity, run_dir: Path) -> bool:
+        """Watch a process started by an earlier daemon, if it is still that process."""
+        if not is_alive(identity):
+            return False
+        self._watch(Watched(deployment_id, identity, run_dir))
+        return True
+
+    def _watch(self, watched: Watched) -> None:
+        try:
+            watched.pidfd = os.pidfd_open(watched.identity.pid)
+            if self.selector is not None:
+                self.selector.register(watched.pidfd, selectors.EVENT_READ, self.wake)
+        except (OSError, AttributeError):
+            watched.pidfd = None  # no pidfd: exits are found by the loop's regular check
+        self.watched[watched.deployment_id] = watched
+
+    def exited(self) -> list[tuple[int, int | None]]:
+        """Deployments whose process ended since the last call, with its exit code if known."""
+        done = []
+        for deployment_id, watched in list(self.watched.items()):
+            if watched.is_child:
+                try:
+                    pid, status = os.waitpid(watched.identity.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pid, status = watched.identity.pid, 0
+                if pid == 0:
+                    continue
+                watched.status = os.waitstatus_to_exitcode(status)
+            elif is_alive(watched.identity):
+                continue
+            done.append((deployment_id, self._forget(watched)))
+        return done
+
+    def _forget(self, watched: Watched) -> int | None:
+        if watched.pidfd is not None:
+            if self.selector is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(watched.pidfd)
+            os.close(watched.pidfd)
+        self.watched.pop(watched.deployment_id, None)
+        return read_exit_code(watched.run_dir, watched.status)
+
+    def release(self, deployment_id: int) -> None:
+        """Stop watching without touching the process (the daemon is leaving it running)."""
+        watched = self.watched.get(deployment_id)
+        if watched is not None:
+            if watched.pidfd is not None:
+                if self.selector is not None:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self.selector.unregister(watched.pidfd)
+                os.close(watched.pidfd)
+            self.watched.pop(deployment_id, None)
+
+    def close(self) -> None:
+        """Stop watching everything; the processes keep running for the next daemon."""
+        for deployment_id in list(self.watched):
+            self.release(deployment_id)
+
+
+def read_exit_code(run_dir: Path, shim_status: int | None = None) -> int | None:
+    """The trader's exit code as the shim recorded it (else the shim's own, if our child)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((run_dir / EXIT_FILE).read_text().strip())
+    return shim_status
+
+
+def heartbeat_age(run_dir: Path, now: float) -> float | None:
+    """Seconds since the trader last touched its heartbeat file, or None if it never did."""
+    try:
+        return now - (run_dir / HEARTBEAT_FILE).stat().st_mtime
+    except OSError:
+        return None
+
+
+def kill_now(identity: Identity) -> None:
+    """SIGKILL the group (identity-checked)."""
+    signal_group(identity, signal.SIGKILL)

@@ -220,9 +220,9 @@ def backtest_trial(config: Config, store: Store, ref: str, overrides: dict[str, 
     from pipeline_v2.stages.templates import trial_dir
 
     trial = store.find_trial(ref)
+    builtin_run = "pipeline_v2.stages.builtin:backtest"
     name, stage = next(
-        ((n, s) for n, s in config.stages.items() if s.run == "pipeline_v2.stages.builtin:backtest"),
-        (None, None),
+        ((n, s) for n, s in config.stages.items() if s.run == builtin_run), (None, None)
     )
     params = dict(stage.params if stage else {})
     params.update({k: v for k, v in overrides.items() if v is not None})

@@ -232,9 +232,9 @@ class Deployer:
             dep, D.STOPPING, now, reason, reason=reason,
             next_start_at=now + self.stage.stop_grace_seconds,
         )
-        if identity is None or not signal_group(identity, signal.SIGTERM):
-            if identity is not None and not is_alive(identity):
-                self.on_exit(self.store.get_deployment(dep.id), None, now)
+        signalled = identity is not None and signal_group(identity, signal.SIGTERM)
+        if identity is not None and not signalled and not is_alive(identity):
+            self.on_exit(self.store.get_deployment(dep.id), None, now)  # already gone
 
     def retire(self, trial_id: int, now: float, reason: str) -> None:
         """Stop a trial's trader (if any) and retire the trial once it is down."""
@@ -291,8 +291,9 @@ class Deployer:
 
     def _after_stop(self, dep: Deployment, reason: str, now: float) -> None:
         if reason.startswith("retire: "):
+            why = reason.removeprefix("retire: ")
             self.store.finish_deployment(dep.trial_id, self.stage_name, TrialStatus.RETIRED,
-                                         StageStatus.CANCELLED, now, reason.removeprefix("retire: "))
+                                         StageStatus.CANCELLED, now, why)
 
     # -- health checks and evaluation -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ trader handles them), writes the trader's exit code to EXIT_FILE and exits with 
 kept to the minimum so each shim costs a few MB.
 """
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -26,16 +27,12 @@ def main(argv: list[str]) -> int:
     if sep != "--" or not command:
         print("usage: python -m pipeline_v2.shim EXIT_FILE -- COMMAND...", file=sys.stderr)
         return 2
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # elsewhere init reaps grandchildren
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: grandchildren are reaped by init instead
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(exit_file)
-    except FileNotFoundError:
-        pass
     pid = os.fork()
     if pid == 0:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -199,7 +199,7 @@ def test_hourly_weekday_data_is_252_times_24() -> None:
     assert periods_per_year(hours) == pytest.approx(252.0 * 24)
 
 
-# -- stress -----------------------------------------------------------------------------------------
+# -- stress ---------------------------------------------------------------------------------
 
 
 def test_stress_is_seeded_bit_for_bit() -> None:
@@ -227,7 +227,7 @@ def test_scenarios_are_valid_bars() -> None:
         assert len(path) == len(bars)
 
 
-# -- data loading and bad data ----------------------------------------------------------------------
+# -- data loading and bad data ---------------------------------------------------------------
 
 
 def write(tmp_path: Path, text: str, name: str = "d.csv") -> Path:

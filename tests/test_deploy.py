@@ -256,7 +256,8 @@ def test_a_better_trial_replaces_the_worst(tmp_path: Path) -> None:
     worst = store.find_trial("0")
     assert worst.status == TrialStatus.RETIRED
     assert worst.reason == "replaced by trial 2"
-    assert sorted(store.get_trial(d.trial_id).number for d in store.deployments("running")) == [1, 2]
+    running = store.deployments("running")
+    assert sorted(store.get_trial(d.trial_id).number for d in running) == [1, 2]
     control_stop = subprocess.run([sys.executable, "-m", "pipeline_v2", "stop", "--all",
                                    "--config", str(path)], capture_output=True, cwd=tmp_path)
     assert control_stop.returncode == 0

@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	mkdir -p demo
-	cd demo && ../$(BIN)/pipeline init && ../$(BIN)/pipeline status
+	$(BIN)/pipeline demo --dir demo
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -32,7 +32,8 @@ config_app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (CI logs, `| less`) gets room for the wide tables instead of 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 130)
 
 ConfigPath = Annotated[
     Path | None,
@@ -288,6 +289,62 @@ def stop(trial: OptionalTrial = None, all_: AllFlag = False, config: ConfigPath 
     cfg, store = open_workspace(config)
     stopped = control.stop(store, cfg, _one_or_all(trial, all_))
     typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@command()
+def demo(
+    dir_: Annotated[Path, typer.Option("--dir", help="Workspace folder (rebuilt each run).")]
+    = Path("demo"),
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Optuna trials to run.")] = 28,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Your OHLCV CSV instead of the synthetic market.")] = None,
+    no_run: Annotated[bool, typer.Option("--no-run", help="Build the workspace only.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Give up after S seconds.")]
+    = 600,
+) -> None:
+    """Build a demo workspace (data, a real Optuna study, stages.json) and run it end to end."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pipeline_v2 import demo as demo_mod
+
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[note]}"))
+    with Progress(*columns, console=out, transient=False) as progress:
+        task = progress.add_task("optuna study", total=trials, note="")
+        workspace = demo_mod.build(
+            dir_, trials, data,
+            on_trial=lambda n, v: progress.update(task, advance=1, note=f"sharpe {v:.2f}"),
+        )
+    typer.echo(f"built {workspace.root}: data/market.csv (out of sample from "
+               f"{workspace.split}), optuna.db ({trials} trials), models/, stages.json")
+    if no_run:
+        typer.echo(f"run it: cd {workspace.root} && pipeline run-daemon --until-idle")
+        return
+    code = demo_mod.run(workspace, timeout, progress_view(columns))
+    cfg, store = open_workspace(workspace.config)
+    out.print(render.status_view(snapshot(store, cfg, time.time())))
+    from pipeline_v2.report import pipeline_report
+
+    out.print(render.report_view(pipeline_report(store, cfg)))
+    if code != 0:
+        raise fail(f"the daemon exited {code}; see {workspace.root / 'logs' / 'daemon.out'}")
+    typer.echo(f"done: explore with  pipeline status --config {workspace.config}")
+
+
+def progress_view(columns: tuple[Any, ...]) -> Any:
+    """A rich Progress for the demo's daemon run (stages, then paper trading)."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=out)
+
+
+@command()
+def report(config: ConfigPath = None, json_: JsonFlag = False) -> None:
+    """Every trial's verdict with its backtest, stress and paper numbers, best first."""
+    from pipeline_v2.report import pipeline_report
+
+    cfg, store = open_workspace(config)
+    emit(pipeline_report(store, cfg), json_, render.report_view)
 
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:

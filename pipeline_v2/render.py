@@ -192,3 +192,23 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
             table.add_row(key, number(value, 6))
     return table
 
+
+def report_view(report: dict[str, Any]) -> Group:
+    """`pipeline report`: counts, then one row per trial, best first."""
+    counts = "   ".join(f"{k} {v}" for k, v in sorted(report["counts"].items()))
+    table = Table(title=f"trials ranked by {report['rank_by']}", box=None)
+    for column in ("trial", "status", "bt sharpe", "DSR", "bt maxDD", "stress win%",
+                   "paper ret", "paper sharpe"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("why", overflow="ellipsis", no_wrap=True, max_width=48)
+    for row in report["trials"]:
+        bt, st, pp = row.get("backtest") or {}, row.get("stress") or {}, row.get("paper") or {}
+        win = st.get("profitable_fraction")
+        table.add_row(
+            row["trial"], styled(row["status"]), number(bt.get("sharpe"), 3),
+            number(bt.get("deflated_sharpe"), 3), number(bt.get("max_drawdown"), 3),
+            "-" if win is None else f"{100 * win:.0f}%", number(pp.get("total_return"), 3),
+            number(pp.get("sharpe"), 3), row["reason"] or "",
+        )
+    return Group(Text(counts), table)
+

@@ -88,8 +88,12 @@ class OpsMixin(BaseStore):
     def stage_counts(self) -> dict[str, dict[str, int]]:
         """Number of stage rows per stage name and status."""
         counts: dict[str, dict[str, int]] = {}
+        # A stage left pending behind a rejected, failed or cancelled trial will never run:
+        # it is not work waiting, so it is not counted as pending.
         for name, status, n in self._all(
-            "SELECT stage_name, status, COUNT(*) FROM stages GROUP BY 1, 2"
+            "SELECT s.stage_name, s.status, COUNT(*) FROM stages s JOIN trials t"
+            " ON t.id = s.trial_id WHERE NOT (s.status = 'pending'"
+            " AND t.status IN ('rejected', 'failed', 'cancelled')) GROUP BY 1, 2"
         ):
             counts.setdefault(name, {})[status] = n
         return counts

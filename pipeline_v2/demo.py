@@ -157,7 +157,8 @@ def run(demo: Demo, timeout: float, progress: Any) -> int:
                 store = open_store(config)
                 try:
                     counts = store.trial_counts()
-                    decided = sum(n for s, n in counts.items() if s not in ("pending", "processing"))
+                    busy = counts.get("pending", 0) + counts.get("processing", 0)
+                    decided = sum(counts.values()) - busy
                     deps = store.deployment_rows()
                     done = sum(d["status"] in ("exited", "stopped", "fatal") for d in deps)
                     running = sum(d["status"] in ("starting", "running") for d in deps)

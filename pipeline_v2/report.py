@@ -33,7 +33,7 @@ def pipeline_report(store: Store, config: Config) -> dict[str, Any]:
             "params": trial.params, "reason": trial.reason,
             "rank": plan.rank_of(rank_by, trial.value, results),
         }
-        for name, stage in stages.items():
+        for name in stages:
             metrics = results.get(name) or {}
             if name == (found[0] if found else None):
                 metrics = (dep.metrics if dep and dep.metrics else metrics) or {}

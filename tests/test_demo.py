@@ -14,7 +14,8 @@ from pipeline_v2.models import TrialStatus
 
 def test_demo_builds_and_runs_to_idle(invoke, tmp_path: Path) -> None:
     result = invoke("demo", "--dir", str(tmp_path / "ws"), "--trials", "12")
-    assert result.exit_code == 0, result.output
+    daemon_out = tmp_path / "ws" / "logs" / "daemon.out"
+    assert result.exit_code == 0, (result.output, daemon_out.read_text())
     config = load_config(tmp_path / "ws" / "stages.json")
     store = open_store(config)
     trials = store.list_trials()
@@ -22,7 +23,7 @@ def test_demo_builds_and_runs_to_idle(invoke, tmp_path: Path) -> None:
     assert not {t.status for t in trials} & {TrialStatus.PENDING, TrialStatus.PROCESSING,
                                              TrialStatus.DEPLOYED}
     validated = [t for t in trials if t.status == TrialStatus.VALIDATED]
-    assert validated, [(t.ref, t.status, t.reason) for t in trials]
+    assert validated, ([(t.ref, t.status, t.reason) for t in trials], daemon_out.read_text())
     for dep in store.deployments():
         assert dep.status.value == "exited"
         assert not psutil.pid_exists(dep.pid) or psutil.Process(dep.pid).status() == "zombie"

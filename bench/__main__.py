@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["discovery", "engine"]
+ALL = ["discovery", "engine", "backtest", "supervisor"]
 
 
 def main() -> None:

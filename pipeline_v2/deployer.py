@@ -36,6 +36,7 @@ D = DeploymentStatus
 RUNNING = (D.STARTING.value, D.RUNNING.value)
 OCCUPYING = (D.STARTING.value, D.RUNNING.value, D.STOPPING.value)
 CHECK_EVERY_S = 1.0
+NOTE_EVERY_S = 10.0
 BY_HAND = "deployed by hand"
 log = get_logger("deployer")
 
@@ -65,6 +66,7 @@ class Deployer:
         self.supervisor = supervisor
         self.rng = rng or random.Random()
         self.next_check = 0.0
+        self.noted: dict[int, float] = {}
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -142,9 +144,9 @@ class Deployer:
         waiting = [t.id for t in self.store.list_trials(TrialStatus.PASSED.value)
                    if self._deploy_stage_status(t.id) == StageStatus.PENDING]
         # A trader already stopping (being replaced) holds its slot but is not "deployed".
-        live = {d.trial_id for d in self.store.deployments(*RUNNING, D.BACKOFF.value)}
-        deployed = [(t, self._rank(t)) for t in live
-                    if self.store.get_trial(t).status == TrialStatus.DEPLOYED]
+        live = self.store.deployments_with_trials(*RUNNING, D.BACKOFF.value)
+        deployed = [(d.trial_id, self._rank(d.trial_id)) for d, status in live
+                    if status == TrialStatus.DEPLOYED]
         return plan.promote([(t, self._rank(t)) for t in waiting], deployed,
                             stage.max_deployments, stage.min_improvement)
 
@@ -307,13 +309,15 @@ class Deployer:
             if plan.is_hung(age, running_for, self.stage.heartbeat_timeout):
                 self.stop(dep, now, f"hung: no heartbeat for {self.stage.heartbeat_timeout:g}s")
                 continue
-            metrics = read_metrics(run_dir)
-            self.store.note_deployment(dep.id, now, last_heartbeat=now - age if age else None,
-                                       **({"metrics": metrics} if metrics else {}))
-            trial = self.store.get_trial(dep.trial_id)
+            if now >= self.noted.get(dep.id, 0.0):  # the DB copy is for display: every 10 s
+                self.noted[dep.id] = now + NOTE_EVERY_S
+                metrics = read_metrics(run_dir)
+                self.store.note_deployment(dep.id, now,
+                                           last_heartbeat=None if age is None else now - age,
+                                           **({"metrics": metrics} if metrics else {}))
             started = dep.started_at or now
-            if (trial.status == TrialStatus.DEPLOYED
-                    and now - started >= self.stage.evaluate_after_seconds):
+            if (now - started >= self.stage.evaluate_after_seconds
+                    and self.store.get_trial(dep.trial_id).status == TrialStatus.DEPLOYED):
                 self.evaluate(self.store.get_deployment(dep.id), now, finished=False)
 
     def evaluate(self, dep: Deployment, now: float, finished: bool) -> None:
@@ -345,12 +349,11 @@ class Deployer:
     def _follow_trials(self, now: float) -> None:
         """Pause stops a trader gracefully; resume restarts it from its saved state; cancel
         and by-hand stops end it."""
-        for dep in self.store.deployments(*RUNNING, D.BACKOFF.value):
-            trial = self.store.get_trial(dep.trial_id)
-            if trial.status == TrialStatus.PAUSED:
+        for dep, status in self.store.deployments_with_trials(*RUNNING, D.BACKOFF.value):
+            if status == TrialStatus.PAUSED:
                 self.stop(dep, now, "paused")
-            elif trial.status in (TrialStatus.CANCELLED, TrialStatus.RETIRED, TrialStatus.FAILED):
-                self.stop(dep, now, f"trial {trial.status.value}")
+            elif status in (TrialStatus.CANCELLED, TrialStatus.RETIRED, TrialStatus.FAILED):
+                self.stop(dep, now, f"trial {status.value}")
         for dep in self.store.deployments(D.STOPPED.value):
             if dep.reason != "paused" or self.store.live_deployment(dep.trial_id):
                 continue

@@ -151,7 +151,7 @@ class Discovery:
         known = self.store.known_numbers(study.name, generation, [h.number for h in ready])
         ready = [h for h in ready if h.number not in known]
         records = self.source.details(study, ready) if ready else []
-        stages, stage_pos = plan.initial_stages(self.config)
+        stages, stage_pos, first_status = plan.initial_stages(self.config)
         stamp = now if now is not None else time.time()
         new = 0
         highest = max([cursor["max_trial_id"], *(h.trial_id for h in heads)])
@@ -165,7 +165,8 @@ class Discovery:
         with self.store.transaction():
             for record in sorted(records, key=lambda r: r.trial_id):
                 fields = trial_fields(record, study, self.config) | {"generation": generation}
-                if self.store.add_trial(fields, stages, stage_pos, stamp) is not None:
+                if self.store.add_trial(fields, stages, stage_pos, stamp,
+                                        first_status) is not None:
                     new += 1
             self.store.save_cursor(self.storage, study.name, updated, stamp)
         return new

@@ -45,14 +45,17 @@ class StageUpdate:
     skip: tuple[str, ...] = field(default_factory=tuple)
 
 
-def initial_stages(config: Config) -> tuple[list[tuple[str, StageStatus]], int]:
-    """Stage rows for a new trial (disabled ones recorded skipped) and its first position."""
+def initial_stages(
+    config: Config,
+) -> tuple[list[tuple[str, StageStatus]], int, TrialStatus]:
+    """Stage rows for a new trial (disabled ones recorded skipped), its first position, and
+    its status: pending, or passed already when nothing stands before the deploy stage."""
     rows = [
         (name, StageStatus.PENDING if stage.enabled else StageStatus.SKIPPED)
         for name, stage in config.stages.items()
     ]
-    pos, _, _ = position_after(dict(rows), config)
-    return rows, pos
+    pos, status, _ = position_after(dict(rows), config)
+    return rows, pos, TrialStatus.PASSED if status == TrialStatus.PASSED else TrialStatus.PENDING
 
 
 def position_after(

@@ -1,4 +1,4 @@
-"""A tiny parent for each supervised trader: `python -m pipeline_v2.shim EXIT_FILE -- argv...`.
+"""A tiny parent for each supervised trader: `python -I -S shim.py EXIT_FILE -- argv...`.
 
 The daemon may restart while traders keep running; a restarted daemon is not their parent and
 cannot learn their exit status. The shim is: it starts the trader, becomes a child subreaper so
@@ -25,7 +25,7 @@ def _exit_code(status: int) -> int:
 def main(argv: list[str]) -> int:
     exit_file, sep, command = argv[0], argv[1], argv[2:]
     if sep != "--" or not command:
-        print("usage: python -m pipeline_v2.shim EXIT_FILE -- COMMAND...", file=sys.stderr)
+        print("usage: python -I -S shim.py EXIT_FILE -- COMMAND...", file=sys.stderr)
         return 2
     with contextlib.suppress(OSError, AttributeError):  # elsewhere init reaps grandchildren
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -67,4 +67,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # os._exit: no interpreter teardown, so the supervisor sees the exit within a millisecond.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(main(sys.argv[1:]))

@@ -1,7 +1,7 @@
 """Process supervision: spawn a trader in its own session, know it only by (pid, create time,
 boot id), watch its exit through a pidfd, stop its whole process group, re-adopt it later.
 
-Each trader runs under `pipeline_v2.shim`, which records its exit code in `run_dir/exit_code`,
+Each trader runs under `shim.py`, which records its exit code in `run_dir/exit_code`,
 so a daemon that restarted (and so is not the parent) still learns how a trader ended.
 """
 
@@ -24,6 +24,7 @@ HEARTBEAT_FILE = "heartbeat"
 METRICS_FILE = "metrics.json"
 CREATE_TIME_TOLERANCE_S = 0.05
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+SHIM = str(Path(__file__).with_name("shim.py"))
 
 
 def boot_id() -> str:
@@ -96,8 +97,9 @@ class Supervisor:
               env: dict[str, str] | None = None) -> Identity:
         """Start `argv` (no shell) under the shim, in a new session, logging to paper.log."""
         run_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pipeline_v2.shim", str(run_dir / EXIT_FILE), "--",
-                   *argv]
+        # -I -S and a file path rather than -m: the shim imports nothing of ours or of site,
+        # so each costs the least memory a Python can.
+        command = [sys.executable, "-I", "-S", SHIM, str(run_dir / EXIT_FILE), "--", *argv]
         log = os.open(run_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         try:

@@ -38,7 +38,7 @@ def traders(tmp_path: Path, shims: bool = False) -> list[psutil.Process]:
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if str(tmp_path) in cmdline and TRADER in cmdline and (
-                shims or "pipeline_v2.shim" not in cmdline):
+                shims or "shim.py" not in cmdline):
             found.append(proc)
     return found
 

@@ -36,10 +36,16 @@ def statuses(**overrides: StageStatus) -> dict[str, StageStatus]:
 
 
 def test_initial_stages_skip_disabled_ones() -> None:
-    rows, pos = plan.initial_stages(CONFIG)
+    rows, pos, status = plan.initial_stages(CONFIG)
     assert rows == [("backtest", S.PENDING), ("stress", S.SKIPPED), ("replay", S.PENDING),
                     ("deploy", S.PENDING)]
-    assert pos == 0
+    assert (pos, status) == (0, TrialStatus.PENDING)
+
+
+def test_a_trial_with_only_a_deploy_stage_is_passed_at_once() -> None:
+    config = parse_config({"stages": {"off": {"run": "m:f", "enabled": False}, "deploy": {}}})
+    rows, pos, status = plan.initial_stages(config)
+    assert (pos, status) == (1, TrialStatus.PASSED)
 
 
 @pytest.mark.parametrize("combo", list(itertools.product(list(S), repeat=3)))

@@ -97,13 +97,13 @@ class TrialsMixin(BaseStore):
 
     def add_trial(
         self, fields: dict[str, Any], stages: Sequence[tuple[str, StageStatus]], stage_pos: int,
-        now: float,
+        now: float, status: TrialStatus = TrialStatus.PENDING,
     ) -> int | None:
         """Insert a discovered trial and its stage rows; None if it was already known."""
         row = {
             "study": fields["study"], "study_id": fields.get("study_id", 0),
             "generation": fields.get("generation", 0), "trial_number": fields["number"],
-            "optuna_trial_id": fields.get("trial_id"), "status": TrialStatus.PENDING.value,
+            "optuna_trial_id": fields.get("trial_id"), "status": status.value,
             "stage_pos": stage_pos, "value": fields.get("value"),
             "values": dumps(fields.get("values")), "params": dumps(fields.get("params") or {}),
             "user_attrs": dumps(fields.get("user_attrs") or {}),
@@ -125,7 +125,7 @@ class TrialsMixin(BaseStore):
             " VALUES (?, ?, ?, ?, ?)",
             [(trial_id, name, pos, status.value, now) for pos, (name, status) in enumerate(stages)],
         )
-        self.add_event("trial.discovered", now, trial_id, None, None, "pending",
+        self.add_event("trial.discovered", now, trial_id, None, None, status.value,
                        f"{fields['study']}:{fields['number']}")
         self._refresh_due(trial_id)
         return trial_id

@@ -9,6 +9,7 @@ from its own millisecond log timestamps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -61,7 +62,7 @@ def ours_latencies(work: Path) -> tuple[list[float], list[float]]:
         for k in range(KILLS):
             i = k % N
             trader = trader_of(ids[i].pid)
-            time.sleep(0.1)  # let the previous respawn finish starting (as between supervisord kills)
+            time.sleep(0.1)  # the previous respawn finishes starting (as between supervisord's)
             killed = time.perf_counter()
             os.kill(trader, signal.SIGKILL)
             found = []
@@ -77,10 +78,8 @@ def ours_latencies(work: Path) -> tuple[list[float], list[float]]:
         for identity in ids.values():
             os.killpg(identity.pid, signal.SIGKILL)
         for identity in ids.values():
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(identity.pid, 0)
-            except ChildProcessError:
-                pass
     return detect, respawn
 
 

@@ -6,7 +6,6 @@ The pydantic models below are the single place defaults live. Every validation e
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -17,8 +16,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline_v2.config_errors import describe, quote, unknown_key
 from pipeline_v2.errors import ConfigError
-from pipeline_v2.stages.gates import Gate, format_number, parse_gate, parse_gates
+from pipeline_v2.stages.gates import Gate, parse_gate, parse_gates
 
 DEFAULT_CONFIG_NAME = "stages.json"
 TEMPLATE_FIELDS = ("study", "number", "trial_id", "value", "params", "user_attrs", "python")
@@ -344,23 +344,23 @@ def load_config(path: Path | str | None = None) -> Config:
 def parse_config(raw: Any, source: str = DEFAULT_CONFIG_NAME, base_dir: str = ".") -> Config:
     """Validate an already parsed document."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a JSON object at the top level, got {_quote(raw)}")
+        raise ConfigError(f"{source}: expected a JSON object at the top level, got {quote(raw)}")
     raw = dict(raw)
     stages = raw.pop("stages", None)
     if "base_dir" in raw or "source" in raw:
         key = "base_dir" if "base_dir" in raw else "source"
-        raise ConfigError(f"{source}: {key}: {_unknown_key(key, Config)}")
+        raise ConfigError(f"{source}: {key}: {unknown_key(key, Config)}")
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc, Config)}") from None
+        raise ConfigError(f"{source}: {describe(exc, Config)}") from None
     built = _parse_stages(stages, source) if stages is not None else _default_stages()
     return config.model_copy(update={"stages": built, "base_dir": base_dir, "source": source})
 
 
 def _parse_stages(stages: Any, source: str) -> dict[str, StageConfig]:
     if not isinstance(stages, dict):
-        raise ConfigError(f"{source}: stages: expected an object of stages, got {_quote(stages)}")
+        raise ConfigError(f"{source}: stages: expected an object of stages, got {quote(stages)}")
     if not stages:
         raise ConfigError(f"{source}: stages: expected at least one stage, got {{}}")
     built: dict[str, StageConfig] = {}
@@ -372,13 +372,13 @@ def _parse_stages(stages: Any, source: str) -> dict[str, StageConfig]:
                 f"got {json.dumps(name)}"
             )
         if not isinstance(body, dict):
-            raise ConfigError(f"{source}: {where}: expected an object, got {_quote(body)}")
+            raise ConfigError(f"{source}: {where}: expected an object, got {quote(body)}")
         is_deploy = body.get("kind") == "deploy" or (name == "deploy" and "kind" not in body)
         model = DeployStageConfig if is_deploy else StageConfig
         try:
             stage = model.model_validate(body)
         except ValidationError as exc:
-            raise ConfigError(f"{source}: {where}.{_describe(exc, model)}") from None
+            raise ConfigError(f"{source}: {where}.{describe(exc, model)}") from None
         if isinstance(stage, DeployStageConfig):
             if stage.run is not None:
                 raise ConfigError(
@@ -392,106 +392,6 @@ def _parse_stages(stages: Any, source: str) -> dict[str, StageConfig]:
             )
         built[name] = stage
     return built
-
-
-# ---------------------------------------------------------------------------------------------
-# Error messages
-
-
-def _quote(value: Any) -> str:
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that owns the last key of `loc`."""
-    for key in loc[:-1]:
-        field = model.model_fields.get(str(key))
-        annotation = field.annotation if field else None
-        candidates = [
-            a
-            for a in getattr(annotation, "__args__", (annotation,))
-            if isinstance(a, type) and issubclass(a, BaseModel)
-        ]
-        if not candidates:
-            return None
-        model = candidates[0]
-    return model
-
-
-def _unknown_key(key: str, model: type[BaseModel] | None) -> str:
-    known = [k for k in (model.model_fields if model else {}) if k not in ("base_dir", "source")]
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean {close[0]}?" if close else f"expected one of {', '.join(known)}"
-    return f"unknown key ({hint})"
-
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "bool_type": "true or false",
-    "string_type": "a string",
-    "list_type": "a list",
-    "dict_type": "an object",
-    "model_type": "an object",
-    "model_attributes_type": "an object",
-}
-
-
-def _show_bound(value: float) -> str:
-    return str(value) if isinstance(value, int) else format_number(value)
-
-
-def _bounds(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """` >= 1` for a field declared with `ge=1`, so a type error also says the range."""
-    owner = _model_at(model, loc)
-    field = owner.model_fields.get(str(loc[-1])) if owner else None
-    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    parts = [
-        f"{words[name]} {_show_bound(getattr(meta, name))}"
-        for meta in (field.metadata if field else [])
-        for name in words
-        if getattr(meta, name, None) is not None
-    ]
-    return " " + " and ".join(parts) if parts else ""
-
-
-def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
-    """One line for the first error: `key.path: what was expected, got <value>`."""
-    error = exc.errors()[0]
-    loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    kind, ctx, got = error["type"], error.get("ctx", {}), _quote(error.get("input"))
-    if kind == "extra_forbidden":
-        return f"{path}: {_unknown_key(str(loc[-1]), _model_at(model, loc))}"
-    if kind == "missing":
-        return f"{path}: required key missing"
-    if kind == "value_error":
-        return f"{path}: {ctx.get('error', error['msg'])}"
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {
-            "greater_than_equal": ">=",
-            "greater_than": ">",
-            "less_than_equal": "<=",
-            "less_than": "<",
-        }[kind]
-        bound = _show_bound(next(iter(ctx.values())))
-        noun = "an integer" if isinstance(error["input"], int) and "." not in bound else "a number"
-        return f"{path}: expected {noun} {op} {bound}, got {got}"
-    if kind == "literal_error":
-        return f"{path}: expected one of {ctx.get('expected')}, got {got}"
-    if kind in ("too_short", "too_long"):
-        size = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
-        which = "at least" if kind == "too_short" else "at most"
-        return f"{path}: expected {which} {size} item(s), got {got}"
-    if kind in _EXPECTED:
-        return f"{path}: expected {_EXPECTED[kind]}{_bounds(model, loc)}, got {got}"
-    return f"{path}: {error['msg']}, got {got}"
 
 
 def json_schema() -> dict[str, Any]:

@@ -37,6 +37,7 @@ RUNNING = (D.STARTING.value, D.RUNNING.value)
 OCCUPYING = (D.STARTING.value, D.RUNNING.value, D.STOPPING.value)
 CHECK_EVERY_S = 1.0
 NOTE_EVERY_S = 10.0
+PROMOTE_EVERY_S = 30.0
 BY_HAND = "deployed by hand"
 log = get_logger("deployer")
 
@@ -67,6 +68,8 @@ class Deployer:
         self.rng = rng or random.Random()
         self.next_check = 0.0
         self.noted: dict[int, float] = {}
+        self._promoted_for: tuple[int, ...] = ()
+        self._promote_again = 0.0
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -157,6 +160,11 @@ class Deployer:
         return None
 
     def _promote(self, now: float) -> None:
+        # Ranking reads every candidate's results: only do it when the inputs moved.
+        key = self.store.promotion_inputs()
+        if key == self._promoted_for and now < self._promote_again:
+            return
+        self._promoted_for, self._promote_again = key, now + PROMOTE_EVERY_S
         promotion = self._promotion()
         for trial_id in promotion.start:
             self.deploy(trial_id, now, "promoted: a slot was free")

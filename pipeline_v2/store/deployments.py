@@ -66,6 +66,18 @@ class DeploymentsMixin(TrialsMixin):
         )
         return [(to_deployment(r), TrialStatus(r["trial_status"])) for r in rows]
 
+    def promotion_inputs(self) -> tuple[int, ...]:
+        """A cheap fingerprint of what promotion depends on: it changes with any event (a
+        trial passing, a deployment starting or ending, a status change)."""
+        row = self._one(
+            "SELECT (SELECT COUNT(*) FROM trials WHERE status = 'passed'),"
+            " (SELECT COUNT(*) FROM deployments),"
+            " (SELECT COUNT(*) FROM deployments WHERE status IN"
+            "  ('starting', 'running', 'stopping', 'backoff')),"
+            " (SELECT COALESCE(MAX(id), 0) FROM events)"  # O(1): the rowid's end
+        )
+        return tuple(row) if row else ()
+
     def live_deployment(self, trial_id: int) -> Deployment | None:
         """The trial's deployment that is starting, running, stopping or in backoff."""
         row = self._one(

@@ -99,6 +99,7 @@ def build(root: Path, trials: int = 28, data: Path | None = None,
 
     if trials < 1:
         raise UsageError(f"--trials: expected at least 1, got {trials}")
+    root = root.resolve()  # the daemon runs inside it: relative paths would point elsewhere
     bars: Bars = load_bars(data) if data is not None else regime_bars(BARS, SEED)
     if len(bars) < 300:
         raise UsageError(f"--data: {len(bars)} bars are too few for the demo (need 300 or more)")

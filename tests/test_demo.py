@@ -13,7 +13,7 @@ from pipeline_v2.models import TrialStatus
 
 
 def test_demo_builds_and_runs_to_idle(invoke, tmp_path: Path) -> None:
-    result = invoke("demo", "--dir", str(tmp_path / "ws"), "--trials", "12")
+    result = invoke("demo", "--dir", "ws", "--trials", "12")  # relative, as `make run` passes
     daemon_out = tmp_path / "ws" / "logs" / "daemon.out"
     assert result.exit_code == 0, (result.output, daemon_out.read_text())
     config = load_config(tmp_path / "ws" / "stages.json")

@@ -171,6 +171,8 @@ class DeployStageConfig(StageConfig):
     )
     stop_grace_seconds: PositiveSeconds = 10
     heartbeat_timeout: PositiveSeconds = 120
+    log_max_mb: float = Field(50, gt=0)
+    log_backups: int = Field(5, ge=0)
     restart: RestartConfig = RestartConfig()
     evaluate_after: str | float = "7d"
     gates: dict[str, GateExpression] = {

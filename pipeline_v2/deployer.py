@@ -216,7 +216,9 @@ class Deployer:
         (run_dir / HEARTBEAT_FILE).unlink(missing_ok=True)
         try:
             argv = render_argv(self.stage.command or [], template_fields(trial, run_dir))
-            identity = self.supervisor.spawn(dep.id, argv, run_dir)
+            identity = self.supervisor.spawn(dep.id, argv, run_dir,
+                                             log_max_bytes=int(self.stage.log_max_mb * 2**20),
+                                             log_backups=self.stage.log_backups)
         except (KeyError, IndexError, ValueError, OSError) as exc:
             self.store.set_deployment_status(dep, D.STARTING, now, "start attempted")
             self.on_exit(self.store.get_deployment(dep.id), None, now, f"cannot start: {exc}")

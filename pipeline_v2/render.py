@@ -90,6 +90,7 @@ def status_view(data: dict[str, Any]) -> Group:
     head = Text.assemble(
         "pipeline ",
         styled(data["pipeline"]),
+        f" ({data['pipeline_detail']})",
         f"   trials {data['trials_total']}   last check {data['last_check'] or 'never'}",
         "   [all paused]" if data.get("paused_all") else "",
     )

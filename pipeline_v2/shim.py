@@ -1,66 +1,127 @@
-"""A tiny parent for each supervised trader: `python -I -S shim.py EXIT_FILE -- argv...`.
+"""A tiny parent for each supervised trader:
+`python -I -S shim.py EXIT_FILE LOG_FILE MAX_BYTES BACKUPS -- argv...`.
 
 The daemon may restart while traders keep running; a restarted daemon is not their parent and
 cannot learn their exit status. The shim is: it starts the trader, becomes a child subreaper so
 forked grandchildren are reaped too, ignores the stop signals aimed at the process group (the
-trader handles them), writes the trader's exit code to EXIT_FILE and exits with it. Imports are
-kept to the minimum so each shim costs a few MB.
+trader handles them), writes the trader's exit code to EXIT_FILE and exits with it.
+
+It also owns the trader's log: the trader's stdout and stderr are a pipe the shim copies into
+LOG_FILE, rotating it by size (LOG_FILE.1 .. LOG_FILE.BACKUPS) by rename and reopen — the
+trader's handle is the pipe, so rotation never loses a line or disturbs the trader.
+Imports are kept to the standard minimum so each shim costs a few MB.
 """
 
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import sys
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
 LEFTOVER_GRACE_S = 5.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def _exit_code(status: int) -> int:
-    return os.waitstatus_to_exitcode(status)
+class RotatingLog:
+    """Append to a file; past max_bytes, shift file -> file.1 -> ... -> file.N and reopen."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        if self.max_bytes and self.size + len(data) > self.max_bytes and self.size:
+            self.rotate()
+        os.write(self.fd, data)
+        self.size += len(data)
+
+    def rotate(self) -> None:
+        os.close(self.fd)
+        for i in range(self.backups - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+        if self.backups:
+            os.replace(self.path, f"{self.path}.1")
+        else:
+            os.unlink(self.path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.size = 0
 
 
 def main(argv: list[str]) -> int:
-    exit_file, sep, command = argv[0], argv[1], argv[2:]
-    if sep != "--" or not command:
-        print("usage: python -I -S shim.py EXIT_FILE -- COMMAND...", file=sys.stderr)
+    if len(argv) < 6 or argv[4] != "--":
+        sys.stderr.write("usage: shim.py EXIT_FILE LOG_FILE MAX_BYTES BACKUPS -- COMMAND...\n")
         return 2
+    exit_file, log_file, max_bytes, backups, command = (
+        argv[0], argv[1], int(argv[2]), int(argv[3]), argv[5:])
+    log = RotatingLog(log_file, max_bytes, backups)
     with contextlib.suppress(OSError, AttributeError):  # elsewhere init reaps grandchildren
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(exit_file)
+    # A child's exit wakes select() at once, through the wakeup fd.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    out_r, out_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        for fd in (out_r, out_w, wake_r, wake_w):
+            os.close(fd)
         try:
             os.execvp(command[0], command)
         except OSError as exc:
-            print(f"pipeline shim: cannot start {command[0]!r}: {exc}", file=sys.stderr)
+            os.write(2, f"pipeline shim: cannot start {command[0]!r}: {exc}\n".encode())
             os._exit(127)
-    code = None
-    deadline = None
+    os.close(out_w)
+    code, deadline, pipe_open = None, 0.0, True
     while True:
-        try:
-            child, status = os.waitpid(-1, os.WNOHANG if code is not None else 0)
-        except ChildProcessError:
-            break
-        if child == pid:
-            code = _exit_code(status)
-            tmp = exit_file + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write(str(code))
-            os.replace(tmp, exit_file)
-            deadline = time.monotonic() + LEFTOVER_GRACE_S
-            os.killpg(0, signal.SIGTERM)  # leftovers the trader forked: ask them to go
-        elif child == 0:  # leftovers still running after the trader exited
+        readable, _, _ = select.select([out_r, wake_r] if pipe_open else [wake_r], [], [],
+                                       0.05 if code is not None else 1.0)
+        if out_r in readable:
+            data = os.read(out_r, 65536)
+            if data:
+                log.write(data)
+            else:
+                pipe_open = False
+        if wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 512)
+        while True:  # reap everything that ended: the trader and any orphans it left
+            try:
+                child, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                child = -1
+                break
+            if child == 0:
+                break
+            if child == pid:
+                code = os.waitstatus_to_exitcode(status)
+                tmp = exit_file + ".tmp"
+                with open(tmp, "w") as fh:
+                    fh.write(str(code))
+                os.replace(tmp, exit_file)
+                deadline = time.monotonic() + LEFTOVER_GRACE_S
+                os.killpg(0, signal.SIGTERM)  # leftovers the trader forked: ask them to go
+        if code is not None:
+            if child == -1 and not pipe_open:
+                break
+            if child == -1 and pipe_open and not select.select([out_r], [], [], 0)[0]:
+                break  # nobody is left to write
             if time.monotonic() > deadline:
                 os.killpg(0, signal.SIGKILL)
-            time.sleep(0.05)
     if code is None:
         return 1
     return code if code >= 0 else 128 - code
@@ -68,6 +129,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     # os._exit: no interpreter teardown, so the supervisor sees the exit within a millisecond.
-    sys.stdout.flush()
-    sys.stderr.flush()
     os._exit(main(sys.argv[1:]))

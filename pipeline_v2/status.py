@@ -29,13 +29,28 @@ def pipeline_health(health: dict[str, dict[str, Any]], config: Config, now: floa
     return "healthy"
 
 
+def health_detail(health: dict[str, dict[str, Any]], state: str) -> str:
+    """Why the pipeline is in this state, in a few words."""
+    daemon = health.get("daemon")
+    if state == "down":
+        if daemon is None:
+            return "no daemon has run yet"
+        return "the daemon is stopped" if daemon["status"] == "stopped" else (
+            "the daemon's heartbeat is stale")
+    bad = [f"{name}: {h['message']}" for name, h in health.items()
+           if h["status"] not in ("ok", "running")]
+    return "; ".join(bad) if bad else "the daemon is running"
+
+
 def snapshot(store: Store, config: Config, now: float) -> dict[str, Any]:
     """The seed's status keys, every other trial count, per-stage counts and deployments."""
     counts = store.trial_counts()
     health = store.health()
     last_check = store.get_setting("last_check")
+    state = pipeline_health(health, config, now)
     data: dict[str, Any] = {
-        "pipeline": pipeline_health(health, config, now),
+        "pipeline": state,
+        "pipeline_detail": health_detail(health, state),
         **{f"trials_{status.value}": counts.get(status.value, 0) for status in TrialStatus},
         "trials_total": sum(counts.values()),
         "last_check": iso(float(last_check)) if last_check else None,

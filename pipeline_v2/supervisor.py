@@ -22,6 +22,8 @@ EXIT_FILE = "exit_code"
 LOG_FILE = "paper.log"
 HEARTBEAT_FILE = "heartbeat"
 METRICS_FILE = "metrics.json"
+LOG_MAX_BYTES = 50 * 2**20
+LOG_BACKUPS = 5
 CREATE_TIME_TOLERANCE_S = 0.05
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 SHIM = str(Path(__file__).with_name("shim.py"))
@@ -94,12 +96,16 @@ class Supervisor:
         self.watched: dict[int, Watched] = {}
 
     def spawn(self, deployment_id: int, argv: list[str], run_dir: Path,
-              env: dict[str, str] | None = None) -> Identity:
-        """Start `argv` (no shell) under the shim, in a new session, logging to paper.log."""
+              env: dict[str, str] | None = None, log_max_bytes: int = LOG_MAX_BYTES,
+              log_backups: int = LOG_BACKUPS) -> Identity:
+        """Start `argv` (no shell) under the shim, in a new session, logging to paper.log
+        (rotated by the shim at `log_max_bytes`, keeping `log_backups` old files)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         # -I -S and a file path rather than -m: the shim imports nothing of ours or of site,
         # so each costs the least memory a Python can.
-        command = [sys.executable, "-I", "-S", SHIM, str(run_dir / EXIT_FILE), "--", *argv]
+        command = [sys.executable, "-I", "-S", SHIM, str(run_dir / EXIT_FILE),
+                   str(run_dir / LOG_FILE), str(int(log_max_bytes)), str(int(log_backups)),
+                   "--", *argv]
         log = os.open(run_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         try:

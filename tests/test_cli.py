@@ -54,7 +54,7 @@ def test_status_table(invoke) -> None:
     invoke("init")
     result = invoke("status")
     assert result.exit_code == 0
-    assert "pipeline down" in result.stdout
+    assert "pipeline down (no daemon has run yet)" in result.stdout
     assert "backtest" in result.stdout
 
 

@@ -282,3 +282,23 @@ def test_deploy_unknown_trial(tmp_path: Path, invoke, mode: str, message: str) -
     result = invoke("deploy", "7")
     assert result.exit_code == 1
     assert result.stderr == message
+
+
+def test_trader_log_rotates_by_size_without_losing_lines(tmp_path: Path) -> None:
+    from pipeline_v2.supervisor import Supervisor
+
+    script = ("import sys, time\n"
+              "for i in range(3000):\n"
+              "    print(f'line {i:05d}', flush=True)\n"
+              "    if i % 500 == 0: time.sleep(0.01)\n")
+    sup = Supervisor()
+    sup.spawn(1, [sys.executable, "-c", script], tmp_path, log_max_bytes=4096, log_backups=3)
+    wait_for(lambda: bool(sup.exited()), 20)
+    assert (tmp_path / "exit_code").read_text() == "0"
+    parts = [tmp_path / f"paper.log.{i}" for i in (3, 2, 1)] + [tmp_path / "paper.log"]
+    assert all(p.exists() for p in parts) and not (tmp_path / "paper.log.4").exists()
+    assert all(p.stat().st_size <= 4096 for p in parts)
+    lines = "".join(p.read_text() for p in parts).splitlines()
+    numbers = [int(line.split()[1]) for line in lines]
+    assert numbers == list(range(numbers[0], 3000))  # a contiguous tail: nothing lost
+    assert len(numbers) > 3 * 4096 // 11

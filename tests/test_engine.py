@@ -327,3 +327,55 @@ def test_sigkill_mid_run_then_restart_finishes_everything(tmp_path: Path) -> Non
     assert len(passed) == 60
     assert {row[2] for row in passed} == {1}
     assert store.integrity_check() == "ok"
+
+
+def test_sighup_reloads_the_config_and_keeps_a_bad_one_out(tmp_path: Path) -> None:
+    import json
+
+    path = workspace(tmp_path, {"a": stage("slow", params={"seconds": 0.2})}, trials=3)
+    proc = spawn_daemon(path)
+    log = tmp_path / "logs" / "pipeline.jsonl"
+    try:
+        wait_until(lambda: log.exists() and "daemon_started" in log.read_text())
+        raw = json.loads(path.read_text())
+        raw["daemon"]["workers"] = 1
+        path.write_text(json.dumps(raw))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config_reloaded" in log.read_text())
+        path.write_text('{"daemon": {"workers": 0}}')
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config_reload_failed" in log.read_text())
+        assert proc.poll() is None  # a bad config on reload never takes the daemon down
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    failed = [json.loads(line) for line in log.read_text().splitlines()
+              if "config_reload_failed" in line]
+    assert failed[0]["error"].endswith(
+        "stages.json: daemon.workers: expected an integer >= 1, got 0")
+
+
+def test_cancel_kills_a_running_attempt_within_a_second(tmp_path: Path, invoke) -> None:
+    path = workspace(tmp_path, {"a": stage("hang", timeout_seconds=60)})
+    proc = spawn_daemon(path)
+    run_dir = tmp_path / "logs" / "trials" / "s" / "0"
+    try:
+        wait_until(lambda: (run_dir / "worker.pid").exists())
+        worker = int((run_dir / "worker.pid").read_text())
+        started = time.monotonic()
+        assert invoke("cancel", "0").exit_code == 0
+        wait_until(lambda: not psutil.pid_exists(worker)
+                   or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE, timeout=5)
+        assert time.monotonic() - started < 2
+        _, a = only_stage(store_for(path))
+        assert a.status == StageStatus.CANCELLED
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)

@@ -26,7 +26,6 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check pipeline_v2 tests bench
-	$(BIN)/ruff format --check pipeline_v2 tests bench
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

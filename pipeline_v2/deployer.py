@@ -316,8 +316,12 @@ class Deployer:
             running_for = now - (dep.spawned_at or now)
             if dep.status == D.STARTING and age is not None:
                 dep = self.store.set_deployment_status(dep, D.RUNNING, now, "first heartbeat")
-            if plan.is_hung(age, running_for, self.stage.heartbeat_timeout):
-                self.stop(dep, now, f"hung: no heartbeat for {self.stage.heartbeat_timeout:g}s")
+            # A starting trader gets timeout_seconds for its first heartbeat; then each
+            # heartbeat must come within heartbeat_timeout.
+            limit = (self.stage.timeout_seconds if dep.status == D.STARTING
+                     else self.stage.heartbeat_timeout)
+            if plan.is_hung(age, running_for, limit):
+                self.stop(dep, now, f"hung: no heartbeat for {limit:g}s")
                 continue
             if now >= self.noted.get(dep.id, 0.0):  # the DB copy is for display: every 10 s
                 self.noted[dep.id] = now + NOTE_EVERY_S

@@ -32,12 +32,33 @@ class RotatingLog:
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.size = os.fstat(self.fd).st_size
+        self.partial = b""
 
     def write(self, data: bytes) -> None:
-        if self.max_bytes and self.size + len(data) > self.max_bytes and self.size:
-            self.rotate()
-        os.write(self.fd, data)
-        self.size += len(data)
+        """Whole lines only: a rotation never splits a line between two files."""
+        data, self.partial = self.partial + data, b""
+        lines = data.splitlines(keepends=True)
+        if lines and not lines[-1].endswith(b"\n"):
+            self.partial = lines.pop()
+        batch = b""
+        for line in lines:
+            if self.max_bytes and self.size + len(batch) + len(line) > self.max_bytes and (
+                    self.size or batch):
+                self._append(batch)
+                batch = b""
+                self.rotate()
+            batch += line
+        self._append(batch)
+
+    def flush(self) -> None:
+        """Write a last line that never got its newline."""
+        data, self.partial = self.partial, b""
+        self._append(data)
+
+    def _append(self, data: bytes) -> None:
+        if data:
+            os.write(self.fd, data)
+            self.size += len(data)
 
     def rotate(self) -> None:
         os.close(self.fd)
@@ -121,7 +142,9 @@ def main(argv: list[str]) -> int:
             if child == -1 and pipe_open and not select.select([out_r], [], [], 0)[0]:
                 break  # nobody is left to write
             if time.monotonic() > deadline:
+                log.flush()
                 os.killpg(0, signal.SIGKILL)
+    log.flush()
     if code is None:
         return 1
     return code if code >= 0 else 128 - code

@@ -145,7 +145,7 @@ def test_old_crashes_leave_the_window() -> None:
 
 
 def test_hung_trader_is_stopped_and_restarted(tmp_path: Path) -> None:
-    path = workspace(tmp_path, stages("hang", heartbeat_timeout=0.4))
+    path = workspace(tmp_path, stages("hang", heartbeat_timeout=0.4, timeout_seconds=0.4))
     run(path, mode="forever", timeout=4)
     store = store_for(path)
     trial = store.find_trial("0")

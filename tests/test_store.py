@@ -150,3 +150,16 @@ def test_newer_schema_is_refused(invoke, tmp_path: Path) -> None:
         "upgrade pipeline_v2 to use it\n"
     )
     assert (tmp_path / "pipeline_v2.db").read_bytes() == before
+
+
+def test_processes_opening_a_new_db_at_once_all_succeed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; from pipeline_v2.store import Store; Store(sys.argv[1]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "new.db")],
+                              stderr=subprocess.PIPE) for _ in range(6)]
+    errors = [p.communicate()[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    store = Store(tmp_path / "new.db")
+    assert len(schema.migrations.applied(store.db)) == len(schema.known_migrations())

@@ -71,14 +71,23 @@ class BaseStore:
     def _migrate(self) -> None:
         known = schema.known_migrations()
         applied = [m.name for m in schema.migrations.applied(self.db)]
+        self._refuse_newer(applied, known)
+        if len(applied) >= len(known):
+            return
+        # Two processes may open a new DB at once (a CLI beside a starting daemon): the write
+        # lock comes first, then the pending list is read again under it.
+        with self.transaction():
+            applied = [m.name for m in schema.migrations.applied(self.db)]
+            self._refuse_newer(applied, known)
+            schema.migrations.apply(self.db)
+
+    def _refuse_newer(self, applied: list[str], known: list[str]) -> None:
         newer = [name for name in applied if name not in known]
         if newer:
             raise StoreError(
                 f"{self.path}: written by a newer pipeline_v2 (schema {newer[-1]!r}, this "
                 f"version knows up to {known[-1]!r}); upgrade pipeline_v2 to use it"
             )
-        if len(applied) < len(known):
-            schema.migrations.apply(self.db)
 
     def close(self) -> None:
         """Close the connection."""

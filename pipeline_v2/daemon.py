@@ -58,7 +58,9 @@ class Daemon:
                  shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_S) -> None:
         self.config_path = config_path
         self.config: Config = load_config(config_path)
+        # Resolved once: path resolution costs syscalls, and it runs per attempt otherwise.
         self.logs_path = self.config.logs_path
+        self.storage_url = self.config.storage_url
         self.mode = mode
         self.timeout = timeout
         self.clock = clock
@@ -264,7 +266,7 @@ class Daemon:
                     "model_dir": trial.model_dir, "run_dir": str(run_dir), "stage": stage.name,
                     "stage_params": cfg.params,
                     "results": self.store.stage_results(trial.id) if stage.position else {},
-                    "attempt": stage.attempts, "storage": self.config.storage_url,
+                    "attempt": stage.attempts, "storage": self.storage_url,
                     "config_dir": self.config.base_dir,
                 }
                 task = {"target": cfg.run, "context": context, "log_path": str(log_path)}
@@ -325,6 +327,7 @@ class Daemon:
             return
         self.config = config
         self.logs_path = config.logs_path
+        self.storage_url = config.storage_url
         self.runner.size = config.daemon.workers
         self.discovery.config = config
         self.deployer.configure(config)

@@ -122,6 +122,8 @@ class Deployer:
 
     def next_due(self) -> float | None:
         """The next time something must happen without an event to wake us."""
+        if self.stage is None:
+            return None
         times = [self.next_check] if self.store.deployments(*OCCUPYING) else []
         times += [d.next_start_at for d in self.store.deployments(D.BACKOFF.value, D.STOPPING.value)
                   if d.next_start_at is not None]

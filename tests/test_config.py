@@ -185,3 +185,9 @@ def test_schema_is_json_schema(invoke) -> None:
     assert schema["additionalProperties"] is False
     assert {"optuna", "daemon", "retry", "stages", "notify"} <= set(schema["properties"])
     assert "base_dir" not in schema["properties"]
+
+
+def test_the_shipped_stages_json_is_the_default() -> None:
+    shipped = Path(__file__).resolve().parent.parent / "stages.json"
+    assert json.loads(shipped.read_text()) == Config().to_json()
+    assert load_config(shipped).to_json() == Config().to_json()

@@ -20,6 +20,7 @@ from pipeline_v2.models import (
     TrialStatus,
 )
 from pipeline_v2.stages.gates import evaluate_gates
+from pipeline_v2.stages.pool import describe_exit
 from pipeline_v2.stages.templates import render_argv, template_fields, trial_dir
 from pipeline_v2.store import Store
 from pipeline_v2.supervisor import (
@@ -29,6 +30,7 @@ from pipeline_v2.supervisor import (
     Supervisor,
     heartbeat_age,
     is_alive,
+    read_exit_code,
     signal_group,
 )
 
@@ -93,8 +95,6 @@ class Deployer:
             if identity and self.supervisor.adopt(dep.id, identity, Path(dep.run_dir)):
                 log.info("deployment_adopted", deployment=dep.id, pid=dep.pid)
                 continue
-            from pipeline_v2.supervisor import read_exit_code
-
             self.on_exit(dep, read_exit_code(Path(dep.run_dir)), now)
 
     def close(self) -> None:
@@ -276,8 +276,6 @@ class Deployer:
         self._crashed(dep, code, now, why or dep.reason)
 
     def _crashed(self, dep: Deployment, code: int | None, now: float, why: str | None) -> None:
-        from pipeline_v2.stages.pool import describe_exit
-
         detail = why or ("exit unknown" if code is None else describe_exit(code))
         dep = self.store.set_deployment_status(dep, D.CRASHED, now, detail, last_exit=code)
         restart = self.stage.restart

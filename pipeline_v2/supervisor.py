@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,7 +196,3 @@ def heartbeat_age(run_dir: Path, now: float) -> float | None:
     except OSError:
         return None
 
-
-def kill_now(identity: Identity) -> None:
-    """SIGKILL the group (identity-checked)."""
-    signal_group(identity, signal.SIGKILL)

@@ -40,6 +40,7 @@ OCCUPYING = (D.STARTING.value, D.RUNNING.value, D.STOPPING.value)
 CHECK_EVERY_S = 1.0
 NOTE_EVERY_S = 10.0
 PROMOTE_EVERY_S = 30.0
+PROMOTE_SPACING_S = 1.0
 BY_HAND = "deployed by hand"
 log = get_logger("deployer")
 
@@ -72,6 +73,7 @@ class Deployer:
         self.noted: dict[int, float] = {}
         self._promoted_for: tuple[int, ...] = ()
         self._promote_again = 0.0
+        self._promote_not_before = 0.0
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -162,11 +164,15 @@ class Deployer:
         return None
 
     def _promote(self, now: float) -> None:
-        # Ranking reads every candidate's results: only do it when the inputs moved.
+        # Ranking reads every candidate's results: only when its inputs moved, and at most
+        # once a second while stages churn out events.
+        if now < self._promote_not_before:
+            return
         key = self.store.promotion_inputs()
         if key == self._promoted_for and now < self._promote_again:
             return
         self._promoted_for, self._promote_again = key, now + PROMOTE_EVERY_S
+        self._promote_not_before = now + PROMOTE_SPACING_S
         promotion = self._promotion()
         for trial_id in promotion.start:
             self.deploy(trial_id, now, "promoted: a slot was free")

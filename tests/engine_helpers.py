@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,14 @@ def run(path: Path, mode: str = "until_idle", timeout: float = 30) -> RunSummary
 
 def store_for(path: Path) -> Store:
     return open_store(load_config(path))
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    """Poll until `predicate()` holds; fail the test if it never does."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def spawn_daemon(path: Path, *args: str) -> subprocess.Popen[bytes]:

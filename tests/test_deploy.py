@@ -17,7 +17,7 @@ import pytest
 from pipeline_v2 import plan
 from pipeline_v2.models import DeploymentStatus, StageStatus, TrialStatus
 from pipeline_v2.supervisor import Identity, identify, is_alive, signal_group
-from tests.engine_helpers import FIX, ROOT, run, spawn_daemon, store_for, workspace
+from tests.engine_helpers import FIX, ROOT, run, spawn_daemon, store_for, wait_for, workspace
 
 TRADER = str(ROOT / "tests" / "fixtures" / "trader.py")
 D = DeploymentStatus
@@ -61,14 +61,6 @@ def stages(mode: str, **overrides) -> dict:
 def pids_in(run_dir: Path, name: str = "pids") -> list[int]:
     path = run_dir / name
     return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def test_finished_trader_is_evaluated_to_validated(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pipeline_v2.config import load_config
 from pipeline_v2.daemon import Daemon
 from pipeline_v2.discovery import Discovery
 from pipeline_v2.models import StageStatus, TrialStatus
-from tests.engine_helpers import FIX, ROOT, run, spawn_daemon, store_for, workspace
+from tests.engine_helpers import FIX, ROOT, run, spawn_daemon, store_for, wait_for, workspace
 
 CMD = [sys.executable, str(ROOT / "tests" / "fixtures" / "command_stage.py")]
 
@@ -288,11 +288,7 @@ def test_sigterm_during_a_run_exits_cleanly(tmp_path: Path) -> None:
     path = workspace(tmp_path, {"a": stage("slow", params={"seconds": 0.3})}, trials=20)
     proc = spawn_daemon(path)
     store = store_for(path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if store.stage_counts().get("a", {}).get("passed", 0) >= 2:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: store.stage_counts().get("a", {}).get("passed", 0) >= 2, 30)
     proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     assert proc.wait(timeout=10) == 0
@@ -310,11 +306,7 @@ def test_sigkill_mid_run_then_restart_finishes_everything(tmp_path: Path) -> Non
                                 "b": stage("count_runs", params=params)}, trials=30)
     proc = spawn_daemon(path)
     store = store_for(path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if store.stage_counts().get("a", {}).get("passed", 0) >= 5:
-            break
-        time.sleep(0.02)
+    wait_for(lambda: store.stage_counts().get("a", {}).get("passed", 0) >= 5, 30)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert store.stage_counts()["a"].get("passed", 0) < 30
@@ -336,15 +328,15 @@ def test_sighup_reloads_the_config_and_keeps_a_bad_one_out(tmp_path: Path) -> No
     proc = spawn_daemon(path)
     log = tmp_path / "logs" / "pipeline.jsonl"
     try:
-        wait_until(lambda: log.exists() and "daemon_started" in log.read_text())
+        wait_for(lambda: log.exists() and "daemon_started" in log.read_text())
         raw = json.loads(path.read_text())
         raw["daemon"]["workers"] = 1
         path.write_text(json.dumps(raw))
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "config_reloaded" in log.read_text())
+        wait_for(lambda: "config_reloaded" in log.read_text())
         path.write_text('{"daemon": {"workers": 0}}')
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "config_reload_failed" in log.read_text())
+        wait_for(lambda: "config_reload_failed" in log.read_text())
         assert proc.poll() is None  # a bad config on reload never takes the daemon down
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -360,11 +352,11 @@ def test_cancel_kills_a_running_attempt_within_a_second(tmp_path: Path, invoke) 
     proc = spawn_daemon(path)
     run_dir = tmp_path / "logs" / "trials" / "s" / "0"
     try:
-        wait_until(lambda: (run_dir / "worker.pid").exists())
+        wait_for(lambda: (run_dir / "worker.pid").exists())
         worker = int((run_dir / "worker.pid").read_text())
         started = time.monotonic()
         assert invoke("cancel", "0").exit_code == 0
-        wait_until(lambda: not psutil.pid_exists(worker)
+        wait_for(lambda: not psutil.pid_exists(worker)
                    or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE, timeout=5)
         assert time.monotonic() - started < 2
         _, a = only_stage(store_for(path))
@@ -372,10 +364,3 @@ def test_cancel_kills_a_running_attempt_within_a_second(tmp_path: Path, invoke) 
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
-
-
-def wait_until(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)

@@ -1,43 +1,153 @@
-"""Shared helpers for the benchmarks: medians, subprocess timing, result tables."""
+"""Shared helpers for the benchmarks: cases, medians, subprocess timing and peak memory.
+
+Every benchmark module has `run() -> None` and records its figures with `case(...)`; the
+harness (`python -m bench`) writes them all to bench/results.json and prints one table.
+"""
 
 from __future__ import annotations
 
-import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+RESULTS_JSON = ROOT / "bench" / "results.json"
 CACHE = ROOT / "bench" / ".cache"
+BIN = Path(sys.executable).parent
+# `make bench QUICK=1`: small sizes and few repeats, a smoke run in under two minutes.
+QUICK = os.environ.get("QUICK", "") not in ("", "0")
+SIZES = [10_000] if QUICK else [10_000, 100_000, 1_000_000]
+# BENCH_SLOW_1M=0 skips the two cases that take many minutes at 1M on a loaded machine
+# (`trials --json`, the first catch-up, with building its 1M-trial Optuna study).
+SLOW_AT_1M = os.environ.get("BENCH_SLOW_1M", "1") != "0"
 
 
-def median_time(fn: Callable[[], Any], repeat: int) -> float:
-    """Median wall time of `fn` in seconds over `repeat` runs."""
+def repeats(full: int, quick: int = 2) -> int:
+    """How many times to repeat a measurement in this mode."""
+    return quick if QUICK else full
+
+
+@dataclass
+class Case:
+    """One measured figure, with its spread, the peer's figure from the same run and a target."""
+
+    group: str
+    name: str
+    unit: str
+    samples: list[float]
+    peer: str | None = None
+    peer_samples: list[float] = field(default_factory=list)
+    target: float | None = None
+    lower_is_better: bool = True
+    note: str = ""
+
+    @property
+    def figure(self) -> float:
+        """The median of the samples."""
+        return statistics.median(self.samples)
+
+    @property
+    def peer_figure(self) -> float | None:
+        """The peer's median, if it was measured."""
+        return statistics.median(self.peer_samples) if self.peer_samples else None
+
+    @property
+    def ratio(self) -> float | None:
+        """How many times better than the peer (> 1: we win)."""
+        peer = self.peer_figure
+        if peer is None or not self.figure or not peer:
+            return None
+        return peer / self.figure if self.lower_is_better else self.figure / peer
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the target is met (None: no target)."""
+        if self.target is None:
+            return None
+        return self.figure <= self.target if self.lower_is_better else self.figure >= self.target
+
+    def as_json(self) -> dict[str, Any]:
+        """The case as results.json stores it."""
+        data = asdict(self)
+        data.update(figure=self.figure, repeats=len(self.samples),
+                    spread=[min(self.samples), max(self.samples)],
+                    peer_figure=self.peer_figure, ratio=self.ratio, met=self.met)
+        return data
+
+
+CASES: list[Case] = []
+# Set by the harness: called after every case, so an interrupted run keeps what it measured.
+ON_CASE: list[Callable[[], Any]] = []
+
+
+def case(group: str, name: str, unit: str, samples: Sequence[float], **kw: Any) -> Case:
+    """Record a case (samples in `unit`) and print it at once."""
+    found = Case(group, name, unit, [float(s) for s in samples], **kw)
+    CASES.append(found)
+    print(f"  {name}: {fmt(found.figure, unit)}"
+          + (f"  ({found.peer}: {fmt(found.peer_figure, unit)})" if found.peer_samples else ""),
+          flush=True)
+    for hook in ON_CASE:
+        hook()
+    return found
+
+
+def fmt(value: float | None, unit: str) -> str:
+    """A figure with its unit, rounded for reading."""
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.3g}"
+    return f"{text} {unit}"
+
+
+def timed(fn: Callable[[], Any], n: int) -> list[float]:
+    """Wall times of `fn` in seconds over `n` runs."""
     samples = []
-    for _ in range(repeat):
+    for _ in range(n):
         started = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return samples
 
 
-def run_child(mode: str, target: str, *args: str) -> tuple[float, float]:
-    """Run `python -m target args` or `python -c target`; return (wall s, peak RSS MB)."""
+def run_child(argv: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None = None,
+              check: bool = True) -> tuple[float, float]:
+    """Run a command under bench/peak.py; return (wall seconds, its peak RSS in MB).
+
+    argv[0] must be a Python script path or `-m`/`-c` form as in `python ARGV...`.
+    """
     with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
-        argv = [sys.executable, str(ROOT / "bench" / "peak.py"), peak.name, mode, target, *args]
+        command = [sys.executable, str(ROOT / "bench" / "peak.py"), peak.name, *argv]
         started = time.perf_counter()
-        proc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
         wall = time.perf_counter() - started
-        if proc.returncode != 0:
-            raise RuntimeError(f"{argv} exited {proc.returncode}: {proc.stderr[-2000:]!r}")
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{command} exited {proc.returncode}: {proc.stderr[-2000:]!r}")
         return wall, float(Path(peak.name).read_text() or 0)
+
+
+def wall_of(argv: Sequence[str], n: int, cwd: Path = ROOT) -> list[float]:
+    """Whole-process wall times of a command (stdout discarded), n runs."""
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - started)
+    return samples
 
 
 def self_peak_mb() -> float:
@@ -45,18 +155,7 @@ def self_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def report(name: str, rows: list[tuple[str, str, str, str]], extra: dict[str, Any]) -> None:
-    """Print a table (metric, ours, peer, ratio/target) and save JSON under bench/results/."""
-    width = max(len(r[0]) for r in rows) + 2
-    print(f"\n== {name} ==")
-    print(f"{'metric':<{width}}{'pipeline_v2':>16}{'peer':>16}   note")
-    for metric, ours, peer, note in rows:
-        print(f"{metric:<{width}}{ours:>16}{peer:>16}   {note}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"rows": rows, **extra, "python": sys.version.split()[0]}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
-
-
-def ms(seconds: float) -> str:
-    """Seconds as milliseconds text."""
-    return f"{seconds * 1000:.3f} ms"
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]

@@ -1,4 +1,4 @@
-"""10,000 trials through 3 no-op callable stages (`run-daemon --until-idle`), beside huey.
+"""N trials through 3 no-op callable stages (`run-daemon --until-idle`), beside huey.
 
 The peer is huey's SqliteHuey running the same 3-task chain per trial with 2 process workers,
 in the same run on the same machine. Both are durable SQLite queues; we also write an audit
@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import CACHE, ROOT, report
-from bench.discovery import build_study
+from bench.common import CACHE, QUICK, ROOT, case
+from bench.fixtures import STUDY, copy_db, optuna_study
 
-N_TRIALS = int(os.environ.get("BENCH_ENGINE_TRIALS", "10000"))
+N_TRIALS = 200 if QUICK else 1000
+REPEATS = 2 if QUICK else 5
 STAGES = 3
 
 HUEY_TASKS = """
@@ -74,9 +75,12 @@ def run_huey(work: Path) -> float:
     try:
         while True:
             time.sleep(0.05)
-            with sqlite3.connect(db, timeout=30) as conn:
-                queued = conn.execute("SELECT COUNT(*) FROM task").fetchone()[0]
-                results = conn.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
+            try:
+                with sqlite3.connect(db, timeout=30) as conn:
+                    queued = conn.execute("SELECT COUNT(*) FROM task").fetchone()[0]
+                    results = conn.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
+            except sqlite3.OperationalError:  # huey creates its tables lazily
+                continue
             if queued == 0 and results >= N_TRIALS * STAGES:
                 break
         return time.perf_counter() - started
@@ -85,38 +89,23 @@ def run_huey(work: Path) -> float:
         consumer.wait(timeout=30)
 
 
-def main() -> None:
+def run() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     work = CACHE / "engine_run"
     work.mkdir(exist_ok=True)
     storage = work / "optuna.db"
-    if not storage.exists() or json.loads((work / "n.json").read_text()) != N_TRIALS:
-        storage.unlink(missing_ok=True)
-        build_study(storage, N_TRIALS)
-        (work / "n.json").write_text(json.dumps(N_TRIALS))
+    copy_db(optuna_study(N_TRIALS), storage)
     raw = {
-        "optuna": {"storage": "sqlite:///optuna.db", "studies": ["big"]},
-        "daemon": {"workers": 2, "http": None},
+        "optuna": {"storage": "sqlite:///optuna.db", "studies": [STUDY]},
+        "daemon": {"workers": 2},
         "stages": {f"noop{i}": {"run": "bench.noop:run"} for i in range(STAGES)},
     }
     (work / "stages.json").write_text(json.dumps(raw))
     attempts = N_TRIALS * STAGES
-    discovery_s, ours_s = run_ours(work)
-    huey_s = run_huey(work)
-    ours_ms, huey_ms = ours_s / attempts * 1000, huey_s / attempts * 1000
-    report(
-        "engine",
-        [
-            (f"{N_TRIALS} trials x {STAGES} no-op stages", f"{ours_s:.1f} s", f"{huey_s:.1f} s",
-             "wall time until idle / all chains done"),
-            ("per stage attempt (amortised)", f"{ours_ms:.3f} ms", f"{huey_ms:.3f} ms",
-             f"{huey_ms / ours_ms:.1f}x huey; target <= 1 ms"),
-            ("discovery of the trials (before)", f"{discovery_s:.1f} s", "-",
-             "not counted above"),
-        ],
-        {"trials": N_TRIALS, "stages": STAGES, "workers": 2},
-    )
-
-
-if __name__ == "__main__":
-    main()
+    ours, huey = [], []
+    for _ in range(REPEATS):  # interleaved, so a burst of load hits both alike
+        ours.append(run_ours(work)[1] / attempts * 1000)
+        huey.append(run_huey(work) / attempts * 1000)
+    case("engine", f"per stage attempt, {N_TRIALS:,} trials x {STAGES} no-op stages, "
+         f"{REPEATS} runs", "ms", ours, peer="huey SqliteHuey", peer_samples=huey,
+         note="amortised wall time until idle / all chains done, 2 workers each")

@@ -7,36 +7,44 @@ commands from the CLI take effect within a second.
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import selectors
-import shutil
-import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pipeline_v2 import plan
+from pipeline_v2 import faults, plan
 from pipeline_v2.config import Config, StageConfig, load_config
-from pipeline_v2.control import open_store
+from pipeline_v2.daemon_ops import DaemonOps
 from pipeline_v2.deployer import Deployer
 from pipeline_v2.discovery import Discovery
-from pipeline_v2.errors import ConfigError, PipelineError
+from pipeline_v2.errors import PipelineError
+from pipeline_v2.guard import GuardMixin
 from pipeline_v2.lock import DaemonLock
 from pipeline_v2.logs import get_logger
 from pipeline_v2.models import StageRun, StageStatus, Trial
 from pipeline_v2.notify import Notifier
-from pipeline_v2.stages.pool import StageRunner
-from pipeline_v2.stages.templates import render_argv, template_fields, trial_dir
-from pipeline_v2.supervisor import Supervisor
+from pipeline_v2.paths import trial_dir
+from pipeline_v2.reports.study import STUDY, study_gates
+from pipeline_v2.signals import SignalsMixin
+from pipeline_v2.stages.executors import check_executor, make_executor
+from pipeline_v2.stages.launch import callable_task, command_launch
+from pipeline_v2.stages.runner import StageRunner
+from pipeline_v2.store import open_store
+from pipeline_v2.supervisor import Supervisor, boot_id
 from pipeline_v2.systemd import sd_notify, watchdog_interval
+from pipeline_v2.upkeep import UpkeepMixin
+from pipeline_v2.wake import WakeSocket
 
 Mode = Literal["forever", "once", "until_idle"]
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
-CONTROL_CHECK_S = 0.25  # CLI changes (pause --all, cancel) take effect within this
+# The CLI wakes the daemon through the wake socket when it changes something; this slow
+# re-read is only the fallback (no socket, a lost datagram).
+CONTROL_CHECK_S = 5.0
+BUSY_CAP_S = 1.0  # while attempts run, the loop looks at them at least this often
 log = get_logger("daemon")
 
 
@@ -50,21 +58,27 @@ class RunSummary:
     idle: bool = False
 
 
-class Daemon:
+class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
     """Runs the pipeline against one state DB until stopped (or once, or until idle)."""
 
     def __init__(self, config_path: Path | None, *, mode: Mode = "forever",
                  timeout: float | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
                  shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_S) -> None:
+        """`clock` stamps what is stored; `monotonic` times every deadline (a wall-clock step
+        never kills an attempt early or late)."""
         self.config_path = config_path
         self.config: Config = load_config(config_path)
+        check_executor(self.config.daemon.executor)
         # Resolved once: path resolution costs syscalls, and it runs per attempt otherwise.
         self.logs_path = self.config.logs_path
         self.storage_url = self.config.storage_url
         self.mode = mode
         self.timeout = timeout
         self.clock = clock
+        self.monotonic = monotonic
         self.shutdown_grace = shutdown_grace
+        self.space_probe: Callable[[], None] = lambda: faults.probe_space(self.logs_path)
         self.summary = RunSummary()
         self.stop_requests = 0
         self.reload_requested = False
@@ -74,38 +88,11 @@ class Daemon:
         self.next_watchdog = 0.0
         self.next_control_check = 0.0
         self.paused_all = False
-
-    # -- signals --------------------------------------------------------------------------------
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        if signum == signal.SIGHUP:
-            self.reload_requested = True
-        else:
-            self.stop_requests += 1
-
-    def _install_signals(self) -> dict[int, Any]:
-        self._wake_r, self._wake_w = socket.socketpair()
-        for sock in (self._wake_r, self._wake_w):
-            sock.setblocking(False)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeup)
-        previous = {s: signal.signal(s, self._on_signal)
-                    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        previous[-1] = signal.set_wakeup_fd(self._wake_w.fileno())
-        return previous
-
-    def _restore_signals(self, previous: dict[int, Any]) -> None:
-        signal.set_wakeup_fd(previous.pop(-1))
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def _drain_wakeup(self) -> None:
-        try:
-            while self._wake_r.recv(512):
-                pass
-        except BlockingIOError:
-            pass
+        self.disk_full: str | None = None  # the reason, while nothing new may start
+        self.next_space_probe = 0.0
+        self.failing: set[str] = set()  # components whose last turn raised (health entries)
+        self.unrecorded: dict[int, plan.Outcome] = {}  # outcomes to write (again) next turn
+        self.spawned: list[tuple[int, int, float, str]] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -115,174 +102,257 @@ class Daemon:
             self.store = open_store(self.config)
             self.selector = selectors.DefaultSelector()
             previous = self._install_signals()
-            self.runner = StageRunner(self.config.daemon.workers, self.selector)
+            self.wake = WakeSocket(self.config.state_db_path)
+            if self.wake.sock is not None:
+                self.selector.register(self.wake.sock, selectors.EVENT_READ, self._on_wake)
+            executor = make_executor(self.config.daemon.executor, self.selector)
+            self.runner = StageRunner(self.config.daemon.workers, self.selector,
+                                      executor=executor,
+                                      executor_spec=self.config.daemon.executor)
+            self.executor_health: tuple[str, str] | None = None
             self.discovery = Discovery(self.config, self.store)
-            self.deployer = Deployer(self.config, self.store, Supervisor(self.selector))
+            self.deployer = Deployer(self.config, self.store, Supervisor(self.selector),
+                                     monotonic=self.monotonic)
             self.notifier = Notifier(self.config)
+            self.ops = DaemonOps(self)
             self.started = self.clock()
+            self.started_mono = self.monotonic()
             try:
                 self.reconcile(self.started)
                 self.deployer.reconcile(self.started)
                 self._heartbeat(self.started, "running")
-                sd_notify("READY=1")
+                self.ops.started(self.started)  # HTTP, health records, READY=1
                 log.info("daemon_started", pid=os.getpid(), mode=self.mode,
                          state_db=str(self.config.state_db_path))
                 if self.config.notify.webhook or self.config.notify.command:
                     self.notifier.start()
                 self._loop()
             finally:
-                sd_notify("STOPPING=1")
+                self.ops.stopping()  # STOPPING=1, HTTP off
                 self.runner.close()
                 self.deployer.close()  # traders keep running for the next daemon to adopt
                 if self.notifier.is_alive():
                     self.notifier.stop()
-                self._heartbeat(self.clock(), "stopped")
+                self._guard("daemon", self._heartbeat, self.clock(), "stopped")
                 self.discovery.close()
                 self.store.close()
                 self._restore_signals(previous)
+                self.wake.close()
                 self.selector.close()
                 log.info("daemon_stopped", reason=self.summary.reason, turns=self.summary.turns)
         return self.summary
 
     def _loop(self) -> None:
         while True:
-            now = self.clock()
-            self.turn(now)
+            now, mono = self.clock(), self.monotonic()
+            self.turn(now, mono)
             self.summary.turns += 1
-            reason = self._should_exit(now)
+            reason = self._should_exit(now, mono)
             if reason:
                 self.summary.reason = reason
                 return
-            self._wait(now)
+            self._wait(now, mono)
 
-    def _should_exit(self, now: float) -> str | None:
+    def _should_exit(self, now: float, mono: float) -> str | None:
         if self.stop_requests and not self.runner.running:
             return "signal"
-        grace_over = self.stop_deadline is not None and now >= self.stop_deadline
+        grace_over = self.stop_deadline is not None and mono >= self.stop_deadline
         if self.stop_requests >= 2 or grace_over:
             self._interrupt_running(now)
             return "signal"
         if self.mode == "once" and self.summary.turns >= 1 and not self.runner.running:
             return "once"
-        if self.mode == "until_idle" and self._is_idle():
+        if self.mode == "until_idle" and self._is_idle(now):
             self.summary.idle = True
             return "idle"
-        if self.timeout is not None and now - self.started >= self.timeout:
+        if self.timeout is not None and mono - self.started_mono >= self.timeout:
             self._interrupt_running(now)
             return "timeout"
         return None
 
-    def _is_idle(self) -> bool:
+    def _is_idle(self, now: float) -> bool:
+        # Idle includes the outbox: every notification delivered, or waiting on its backoff.
         return (not self.runner.running and not self.store.has_waiting_work()
-                and self.deployer.is_idle())
+                and self.deployer.is_idle()
+                and not (self.notifier.is_alive() and self.store.has_due_notifications(now)))
 
-    def _wait(self, now: float) -> None:
-        due = [self.stop_deadline, self.deployer.next_due()]
-        if len(self.runner.running) < self.config.daemon.workers and not self.paused_all:
-            due.append(self.store.next_attempt_time())  # else a worker's result wakes us
+    def _may_start_attempts(self) -> bool:
+        return (not self.stop_requests and not self.paused_all and not self.disk_full
+                and (self.mode != "once" or self.summary.turns == 0))
+
+    def _on_wake(self) -> None:
+        """A CLI command changed something: read the controls on this turn."""
+        self.wake.drain()
+        self.next_control_check = 0.0
+
+    def wait_seconds(self, now: float, mono: float | None = None) -> float:
+        """How long the loop may sleep: until the next thing it could act on. Idle, it never
+        polls on a short timer: events (a signal, an exit, the wake socket, a worker's result)
+        wake it; 1 s at most only while attempts run or under --timeout.
+
+        A due time only counts when the loop may act on it (a free worker and attempts
+        allowed; deployments allowed to start); else an event wakes it. Stored times are
+        wall-clock (`now`), in-memory deadlines monotonic (`mono`).
+        """
+        mono = self.monotonic() if mono is None else mono
+        may_start = self._may_start_attempts()
+        wall_due = [self.deployer.next_due(now, may_start=not self.stop_requests
+                                           and not self.paused_all and not self.disk_full)]
+        mono_due = [self.stop_deadline, self.deployer.next_check_due()]
+        if (may_start and len(self.runner.running) < self.config.daemon.workers
+                and self.runner.is_ready):
+            wall_due.append(self.store.next_attempt_time())  # else a result or connection wakes us
         if self.mode != "once" and not self.stop_requests:
-            due.append(self.next_discovery)
-        for key, _ in self.selector.select(plan.next_wake(now, *due, cap=1.0)):
+            mono_due.append(self.next_discovery)
+        mono_due += [self.next_control_check, self.next_health]
+        # A --timeout run (tests, CI) keeps the 1 s cadence so it ends close to its deadline.
+        busy = self.runner.running or self.timeout is not None
+        cap = BUSY_CAP_S if busy else CONTROL_CHECK_S
+        return min(plan.next_wake(now, *wall_due, cap=cap),
+                   plan.next_wake(mono, *mono_due, cap=cap))
+
+    def _select(self, timeout: float) -> list[tuple[selectors.SelectorKey, int]]:
+        """Wait for an event (a worker result, a process exit, a signal) or the timeout."""
+        return self.selector.select(timeout)
+
+    def _wait(self, now: float, mono: float) -> None:
+        timeout = self.wait_seconds(now, mono)
+        self.ops.waiting(mono, timeout)
+        for key, _ in self._select(timeout):
             key.data()
 
     # -- one turn -------------------------------------------------------------------------------
 
-    def turn(self, now: float) -> None:
-        """Reap, discover when due, start what is due, heartbeat."""
+    def turn(self, now: float, mono: float | None = None) -> None:
+        """Reap, discover when due, claim (committed) then start what is due, heartbeat.
+
+        Nothing one trial, stage or component raises ends the loop: it is logged, recorded
+        on that stage or as a health entry, and tried again next turn.
+        """
+        mono = self.monotonic() if mono is None else mono
+        self.ops.turn_started(mono)
         if self.reload_requested:
-            self.reload()
+            self._guard("config", self.reload)
         if self.stop_requests == 1 and self.stop_deadline is None:
-            self.stop_deadline = now + self.shutdown_grace
+            self.stop_deadline = mono + self.shutdown_grace
             log.info("shutdown_requested", running=len(self.runner.running))
-        finished = self.runner.reap(now)
-        if now >= self.next_control_check:
-            self._read_controls(now)
-        if not self.stop_requests and now >= self.next_discovery and (
+        for stage_id, outcome in self.runner.reap(mono):
+            self.unrecorded[stage_id] = outcome
+            if outcome.kind == "requeue":  # the attempt met a full disk: so will the next ones
+                self._on_disk_full(OSError(errno.ENOSPC, outcome.message or "disk full"), now)
+        self._guard("executor", self._record_executor_health, now)
+        if mono >= self.next_control_check:
+            self._guard("controls", self._read_controls, mono)
+        if self.disk_full and mono >= self.next_space_probe:
+            self._probe_space(now, mono)
+        if not self.stop_requests and mono >= self.next_discovery and (
             self.mode != "once" or self.summary.turns == 0
         ):
-            self.discover(now)
-        may_start = (
-            not self.stop_requests
-            and (self.mode != "once" or self.summary.turns == 0)
-            and len(self.runner.running) < self.config.daemon.workers
-        )
-        if may_start or finished:
-            with self.store.transaction():  # one commit per turn for every claim and result
-                if may_start:
-                    # Freed workers get new work before results are written: both overlap.
-                    self.start_due(now)
-                for stage_id, outcome in finished:
-                    self.record(stage_id, outcome, now)
-        self.deployer.turn(now, may_start=not self.stop_requests and not self.paused_all)
-        if now >= self.next_health:
-            self._heartbeat(now, "running")
-            self.next_health = now + self.config.daemon.health_check_interval
+            self.discover(now, mono)
+        may_start = (self._may_start_attempts()
+                     and len(self.runner.running) < self.config.daemon.workers
+                     and self.runner.is_ready)  # an unreachable cluster takes nothing
+        claimed = []
+        if may_start or self.unrecorded:
+            claimed = self._guard("attempts", self._claim_and_record, now, may_start) or []
+        for stage, trial in claimed:  # the claims are committed: a crash now leaves a trace
+            self.start(stage, trial, now, mono)
+        if self.spawned:
+            spawned, self.spawned = self.spawned, []
+            self._guard("attempts", self.store.set_stage_processes, spawned)
+        self._guard("deployments", self.deployer.turn, now, mono=mono,
+                    may_start=not self.stop_requests and not self.paused_all
+                    and not self.disk_full)
+        if mono >= self.next_health:
+            self._guard("daemon", self._heartbeat, now, "running")
+            self._guard("executor", self._record_executor_health, now, True)
+            self._guard("health", self.ops.check, now)
+            self.next_health = mono + self.config.daemon.health_check_interval
         if self.notifier.is_alive():
             self.notifier.wakeup.set()
-        if now >= self.next_watchdog and (interval := watchdog_interval()):
+        if mono >= self.next_watchdog and (interval := watchdog_interval()):
             sd_notify("WATCHDOG=1")
-            self.next_watchdog = now + interval
+            self.next_watchdog = mono + interval
 
-    def discover(self, now: float) -> None:
+    def _record_executor_health(self, now: float, force: bool = False) -> None:
+        """The executor's health entry, written when it changes (and with each heartbeat)."""
+        health = self.runner.executor.health()
+        if health is not None and (force or health != self.executor_health):
+            if health[0] == "error" and health != self.executor_health:
+                log.warning("executor_unavailable", message=health[1])
+            self.executor_health = health
+            self.store.set_health("executor", health[0], health[1], now)
+
+    def _claim_and_record(self, now: float, may_start: bool) -> list[tuple[StageRun, Trial]]:
+        """One short transaction: this turn's claims and every outcome to record. It commits
+        before anything is spawned, so no write lock is held across a process start."""
+        with self.store.transaction():
+            claimed = self.claim_due(now) if may_start else []
+            for stage_id, outcome in list(self.unrecorded.items()):
+                self._record_safely(stage_id, outcome, now)
+        return claimed
+
+    def discover(self, now: float, mono: float | None = None) -> None:
         """One discovery pass; a failing storage is a health entry, never a crash."""
-        result = self.discovery.poll(now)
-        self.next_discovery = now + self.config.daemon.check_interval
-        if result.total or result.errors:
+        mono = self.monotonic() if mono is None else mono
+        self.next_discovery = mono + self.config.daemon.check_interval
+        result = self._guard("discovery", self.discovery.poll, now)
+        if result is not None:
+            self.ops.polled(result, now)
+        if result is not None and (result.total or result.errors):
             log.info("discovery_polled", new=result.new, errors=result.errors,
                      ms=round(result.seconds * 1000, 3))
 
-    def _read_controls(self, now: float) -> None:
+    def _read_controls(self, mono: float) -> None:
         """What the CLI may have changed: pause-all, and attempts cancelled or reset."""
+        self.next_control_check = mono + CONTROL_CHECK_S
         self.paused_all = self.store.get_setting("paused_all") == "1"
-        self.next_control_check = now + CONTROL_CHECK_S
         running = self.runner.running
         for stage_id in self.store.not_running(running) if running else []:
             log.info("stage_killed", stage_id=stage_id, reason="no longer running in the DB")
             self.runner.kill(stage_id)
 
-    def start_due(self, now: float) -> None:
-        """Claim and start due attempts up to the worker limit."""
-        paused = self.paused_all
+    def claim_due(self, now: float) -> list[tuple[StageRun, Trial]]:
+        """Claim due attempts up to the worker limit (the caller commits, then starts them)."""
         running = len(self.runner.running)
         due = self.store.due_attempts(now, max(0, self.config.daemon.workers - running))
         chosen = plan.attempts_to_start(due, running, self.config.daemon.workers,
-                                        paused=paused, stopping=bool(self.stop_requests))
-        if chosen:
-            for stage, trial in self.store.claim_attempts([d.stage_id for d in chosen], now):
-                self.start(stage, trial, now)
+                                        paused=self.paused_all, stopping=bool(self.stop_requests))
+        return self.store.claim_attempts([d.stage_id for d in chosen], now) if chosen else []
 
-    def start(self, stage: StageRun, trial: Trial, now: float) -> None:
-        """Hand a claimed attempt to the runner."""
+    def start(self, stage: StageRun, trial: Trial, now: float,
+              mono: float | None = None) -> None:
+        """Hand a claimed (committed) attempt to the runner; a failed start is recorded on it."""
+        mono = self.monotonic() if mono is None else mono
         self.summary.attempts += 1
-        cfg = self.config.stages[stage.name]
-        run_dir = trial_dir(self.logs_path, trial)
-        log_path = run_dir / f"{stage.name}.log"
         try:
+            cfg = self.config.stages[stage.name]
+            run_dir = trial_dir(self.logs_path, trial)
+            log_path = run_dir / f"{stage.name}.log"
             if cfg.run:
-                context = {
-                    "study": trial.study, "number": trial.number, "params": trial.params,
-                    "user_attrs": trial.user_attrs, "value": trial.value,
-                    "values": trial.values, "trial_id": trial.optuna_trial_id,
-                    "model_dir": trial.model_dir, "run_dir": str(run_dir), "stage": stage.name,
-                    "stage_params": cfg.params,
-                    "results": self.store.stage_results(trial.id) if stage.position else {},
-                    "attempt": stage.attempts, "storage": self.storage_url,
-                    "config_dir": self.config.base_dir,
-                }
-                task = {"target": cfg.run, "context": context, "log_path": str(log_path)}
-                self.runner.start_callable(stage.id, task, cfg.timeout_seconds, now)
+                results = self.store.stage_results(trial.id) if stage.position else {}
+                task = callable_task(self.config, cfg, stage, trial, run_dir, log_path, results)
+                # None: it runs on a Dask worker, which ends it if we die (no local group).
+                pid, created = self.runner.start_callable(
+                    stage.id, task, cfg.timeout_seconds, mono) or (0, 0.0)
             else:
-                argv = render_argv(cfg.command or [], template_fields(trial, run_dir))
-                result_file = run_dir / f"{stage.name}.result.json"
-                env = dict(os.environ, PIPELINE_RESULT_FILE=str(result_file),
-                           PIPELINE_RUN_DIR=str(run_dir), PIPELINE_STAGE=stage.name,
-                           PIPELINE_TRIAL=trial.ref, PIPELINE_ATTEMPT=str(stage.attempts),
-                           PIPELINE_STAGE_PARAMS=json.dumps(cfg.params))
+                launch = command_launch(self.config, cfg, stage, trial, run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
-                self.runner.start_command(stage.id, argv, env, run_dir, log_path, result_file,
-                                          cfg.timeout_seconds, now)
-        except (KeyError, IndexError, OSError, ValueError) as exc:
-            self.record(stage.id, plan.Outcome("error", message=f"cannot start: {exc}"), now)
+                # The config's folder is the working directory (README: relative paths).
+                pid, created = self.runner.start_command(
+                    stage.id, launch.argv, launch.env, Path(self.config.base_dir), log_path,
+                    launch.result_file, cfg.timeout_seconds, mono)
+            if created:
+                self.spawned.append((stage.id, pid, created, boot_id()))
+        except Exception as exc:
+            if faults.is_disk_full(exc):
+                self._on_disk_full(exc, now)
+                outcome = plan.Outcome("requeue", message=f"cannot start: {faults.describe(exc)}")
+            else:
+                log.warning("start_failed", stage_id=stage.id, error=faults.describe(exc))
+                outcome = plan.Outcome("error", message=f"cannot start: {faults.describe(exc)}")
+            self.unrecorded[stage.id] = outcome
+            self._guard("attempts", self._record_safely, stage.id, outcome, now)
 
     def record(self, stage_id: int, outcome: plan.Outcome, now: float) -> None:
         """Decide what an attempt's outcome means and store it in one transaction."""
@@ -296,13 +366,16 @@ class Daemon:
         if stage.name not in config.stages:  # removed by a reload while it ran
             config = config.model_copy(update={"stages": config.stages | {
                 stage.name: StageConfig(run="removed:stage", max_attempts=1)}})
+        if study_gates(config.stages[stage.name].parsed_gates):  # `study.pbo` and the like
+            study = self.store.get_trial(stage.trial_id).study
+            earlier[STUDY] = self.deployer.studies.get(self.store, study)
         update = plan.after_attempt(stage, outcome, statuses, earlier, config, now)
         # Read inside the turn's open transaction, the stage row cannot have moved since.
-        fresh = stage if self.store.conn.in_transaction else None
+        fresh = stage if self.store.in_transaction else None
         self.store.apply_stage_update(update, now, fresh)
         if update.status != StageStatus.PASSED:  # passes are in the events table; keep logs lean
-            log.info(f"stage_{update.status.value}", trial_id=stage.trial_id, stage=stage.name,
-                     attempt=stage.attempts, message=update.message)
+            log.info(f"stage_{update.status.value}", trial=self._ref(stage.trial_id),
+                     stage=stage.name, attempt=stage.attempts, message=update.message)
 
     def _interrupt_running(self, now: float) -> None:
         """Kill what still runs and put it back to pending: not a failure."""
@@ -310,38 +383,9 @@ class Daemon:
             self.runner.kill(stage_id)
             self.record(stage_id, plan.Outcome("interrupted"), now)
 
-    def reconcile(self, now: float) -> None:
-        """Attempts left running by a dead daemon go back to pending (not a failure)."""
-        for stage in self.store.running_stages():
-            log.warning("attempt_interrupted", trial_id=stage.trial_id, stage=stage.name,
-                        attempt=stage.attempts)
-            self.record(stage.id, plan.Outcome("interrupted"), now)
-
-    def reload(self) -> None:
-        """SIGHUP: load the config again; keep the old one if the new one is invalid."""
-        self.reload_requested = False
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("config_reload_failed", error=str(exc))
-            return
-        self.config = config
-        self.logs_path = config.logs_path
-        self.storage_url = config.storage_url
-        self.runner.size = config.daemon.workers
-        self.discovery.config = config
-        self.deployer.configure(config)
-        self.next_discovery = 0.0
-        log.info("config_reloaded", stages=list(config.stages))
-
-    def _heartbeat(self, now: float, status: str) -> None:
-        running = len(self.runner.running)
-        self.store.set_health("daemon", status, f"pid {os.getpid()}, {running} attempt(s) running",
-                              now, {"pid": os.getpid(), "started_at": self.started})
-        usage = shutil.disk_usage(self.config.state_db_path.parent)
-        percent = 100 * usage.used / usage.total
-        level = "warning" if percent >= self.config.daemon.disk_warn_percent else "ok"
-        self.store.set_health("disk", level, f"{percent:.0f}% used", now)
+    def _ref(self, trial_id: int) -> str:
+        """The `study:number` reference every log line binds as `trial`."""
+        return self.store.get_trial(trial_id).ref
 
 
 def run_daemon(config_path: Path | None, mode: Mode, timeout: float | None) -> RunSummary:

@@ -69,7 +69,9 @@ def stages_config(split: str, trials: int) -> dict[str, Any]:
         "stages": {
             "backtest": {
                 "run": "pipeline_v2.stages.builtin:backtest", "max_attempts": 3,
-                "timeout_seconds": 60, "params": {"data": "data/market.csv", "start": split},
+                "timeout_seconds": 60,
+                # Walk-forward: the out-of-sample window in 4 anchored test folds.
+                "params": {"data": "data/market.csv", "start": split, "folds": {"count": 4}},
                 "gates": {"sharpe": ">= 1.0", "max_drawdown": "<= 0.25", "win_rate": ">= 0.45"},
             },
             "cge_stress": {
@@ -86,6 +88,9 @@ def stages_config(split: str, trials: int) -> dict[str, Any]:
                 "stop_grace_seconds": 5, "heartbeat_timeout": 30,
                 "restart": {"backoff": [1, 10], "max_crashes": 5, "window_seconds": 60},
                 "evaluate_after": "1h",
+                # The demo's paper feed is the short out-of-sample window replayed fast, so a
+                # slow strategy trades once or twice there; the shipped default asks for 5.
+                "min_trades": 1,
                 "gates": {"sharpe": ">= 0.7", "max_drawdown": "<= 0.35", "total_return": ">= 0"},
             },
         },
@@ -119,7 +124,8 @@ def build(root: Path, trials: int = 28, data: Path | None = None,
                    paper={"feed": "../../data/market.csv", "start": split,
                           "speed": PAPER_SPEED, "seed": trial.number})
         trial.set_user_attr("model_dir", str(model_dir))
-        trial.set_user_attr("in_sample_trades", metrics["trades"])
+        for name in ("total_return", "cagr", "sharpe", "max_drawdown", "win_rate", "trades"):
+            trial.set_user_attr(f"in_sample_{name}", metrics[name])  # the report's optuna column
         return float(metrics["sharpe"])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -140,7 +146,9 @@ def run(demo: Demo, timeout: float, progress: Any) -> int:
     import time
 
     from pipeline_v2.config import load_config
-    from pipeline_v2.control import open_store
+    from pipeline_v2.models import DeploymentStatus as D
+    from pipeline_v2.models import TrialStatus as T
+    from pipeline_v2.store import open_store
 
     logs = demo.root / "logs"
     logs.mkdir(exist_ok=True)
@@ -158,15 +166,15 @@ def run(demo: Demo, timeout: float, progress: Any) -> int:
                 store = open_store(config)
                 try:
                     counts = store.trial_counts()
-                    busy = counts.get("pending", 0) + counts.get("processing", 0)
+                    busy = counts.get(T.PENDING.value, 0) + counts.get(T.PROCESSING.value, 0)
                     decided = sum(counts.values()) - busy
                     deps = store.deployment_rows()
-                    done = sum(d["status"] in ("exited", "stopped", "fatal") for d in deps)
-                    running = sum(d["status"] in ("starting", "running") for d in deps)
+                    done = sum(d["status"] in (D.EXITED, D.STOPPED, D.FATAL) for d in deps)
+                    running = sum(d["status"] in (D.STARTING, D.RUNNING) for d in deps)
                 finally:
                     store.close()
                 progress.update(stages, completed=decided,
-                                note=f"{counts.get('rejected', 0)} rejected")
+                                note=f"{counts.get(T.REJECTED.value, 0)} rejected")
                 progress.update(paper, total=len(deps) or None, completed=done,
                                 note=f"{running} trading now")
             if code is not None:

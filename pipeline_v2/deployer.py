@@ -1,55 +1,31 @@
-"""The deployment stage, run by the daemon each turn: promote the best passed trials, start and
-restart their traders, notice hangs, evaluate, retire — all through the state DB, so a daemon
-that stops (however it stops) leaves traders running for the next one to re-adopt.
+"""The deployment stage, run by the daemon each turn: promote the best passed trials, notice
+hangs, evaluate, follow pauses and stops — all through the state DB, so a daemon that stops
+(however it stops) leaves traders running for the next one to re-adopt. Starting, stopping and
+reconciling one trader is `lifecycle.Lifecycle`'s; ranking and promotion `promotion.py`'s.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline_v2 import plan
-from pipeline_v2.config import Config, DeployStageConfig
-from pipeline_v2.logs import get_logger
-from pipeline_v2.models import (
-    Deployment,
-    DeploymentStatus,
-    StageStatus,
-    TrialStatus,
-)
-from pipeline_v2.stages.gates import evaluate_gates
-from pipeline_v2.stages.pool import describe_exit
-from pipeline_v2.stages.templates import render_argv, template_fields, trial_dir
+from pipeline_v2.config import Config
+from pipeline_v2.gates import evaluate_gates
+from pipeline_v2.lifecycle import OCCUPYING, RUNNING, Lifecycle, log
+from pipeline_v2.models import Deployment, DeploymentStatus, StageStatus, TrialStatus
+from pipeline_v2.promotion import BY_HAND, PromotionMixin
+from pipeline_v2.reports.study import StudyCache, trial_gates
 from pipeline_v2.store import Store
-from pipeline_v2.supervisor import (
-    HEARTBEAT_FILE,
-    METRICS_FILE,
-    Identity,
-    Supervisor,
-    heartbeat_age,
-    is_alive,
-    read_exit_code,
-    signal_group,
-)
+from pipeline_v2.supervisor import METRICS_FILE, Supervisor, heartbeat_age
 
 D = DeploymentStatus
-RUNNING = (D.STARTING.value, D.RUNNING.value)
-OCCUPYING = (D.STARTING.value, D.RUNNING.value, D.STOPPING.value)
 CHECK_EVERY_S = 1.0
 NOTE_EVERY_S = 10.0
-PROMOTE_EVERY_S = 30.0
-PROMOTE_SPACING_S = 1.0
-BY_HAND = "deployed by hand"
-log = get_logger("deployer")
-
-
-def identity_of(dep: Deployment) -> Identity | None:
-    """The recorded identity, if the deployment has a process."""
-    if dep.pid is None or dep.create_time is None or dep.boot_id is None:
-        return None
-    return Identity(dep.pid, dep.create_time, dep.boot_id)
+__all__ = ["BY_HAND", "Deployer", "read_metrics"]
 
 
 def read_metrics(run_dir: Path) -> dict | None:
@@ -61,19 +37,26 @@ def read_metrics(run_dir: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-class Deployer:
+class Deployer(Lifecycle, PromotionMixin):
     """Owns the deployment stage's decisions and its traders' processes."""
 
     def __init__(self, config: Config, store: Store, supervisor: Supervisor,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """`monotonic` times the in-memory checks; the wall `now` of each turn is only stored
+        (or compared with stored times), so a clock step never stalls a check."""
         self.store = store
         self.supervisor = supervisor
         self.rng = rng or random.Random()
+        self.monotonic = monotonic
+        self.mono = monotonic()  # this turn's reading: every in-memory timer counts from it
         self.next_check = 0.0
         self.noted: dict[int, float] = {}
+        self._evidence_noted: set[int] = set()
         self._promoted_for: tuple[int, ...] = ()
         self._promote_again = 0.0
         self._promote_not_before = 0.0
+        self.studies = StudyCache()
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -82,6 +65,8 @@ class Deployer:
         found = config.deploy_stage
         self.stage_name, self.stage = found if found else (None, None)
         self.logs_dir = config.logs_path
+        if self.stage is not None:
+            self.store.ensure_rank_index(self.stage.rank_by)  # once per DB; then a no-op
 
     @property
     def enabled(self) -> bool:
@@ -90,255 +75,120 @@ class Deployer:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def reconcile(self, now: float) -> None:
-        """Re-adopt every trader whose identity still matches; the rest exited meanwhile."""
-        for dep in self.store.deployments(*OCCUPYING):
-            identity = identity_of(dep)
-            if identity and self.supervisor.adopt(dep.id, identity, Path(dep.run_dir)):
-                log.info("deployment_adopted", deployment=dep.id, pid=dep.pid)
-                continue
-            self.on_exit(dep, read_exit_code(Path(dep.run_dir)), now)
-
     def close(self) -> None:
         """Leave every trader running for the next daemon."""
         self.supervisor.close()
 
-    def turn(self, now: float, *, may_start: bool) -> None:
-        """Exits, deadlines, controls, health checks, evaluations, starts, promotions."""
+    def turn(self, now: float, *, may_start: bool, mono: float | None = None) -> None:
+        """Exits, deadlines, controls, health checks, evaluations, starts, promotions — each
+        deployment's work guarded, so one bad row never stops the others or the loop.
+
+        `now` (wall) is stored; `mono`, the turn's monotonic reading, paces the checks."""
+        self.mono = self.monotonic() if mono is None else mono
         if self.stage is None:
             return
         for dep_id, code in self.supervisor.exited():
-            self.on_exit(self.store.get_deployment(dep_id), code, now)
-        for dep in self.store.deployments(D.STOPPING.value):
-            if dep.next_start_at is not None and now >= dep.next_start_at:
-                identity = identity_of(dep)
-                if identity:
-                    signal_group(identity, signal.SIGKILL)  # the grace is over
+            self.guarded(None, f"exit of deployment {dep_id}", now, self._exited, dep_id, code,
+                         now)
+        for dep in self.store.deployments(D.STOPPING):
+            if dep.kill_at is not None and now >= dep.kill_at:
+                self.guarded(dep.trial_id, "kill", now, self.kill_stopping, dep, now)
         self._follow_trials(now)
-        if now >= self.next_check:
-            self.next_check = now + CHECK_EVERY_S
+        if self.mono >= self.next_check:
             self._check_running(now)
+            self.next_check = self.mono + self._check_every()
         if may_start and self.enabled:
-            self._promote(now)
+            self.guarded(None, "promote", now, self._promote, now)
             self._start_due(now)
 
-    def next_due(self) -> float | None:
-        """The next time something must happen without an event to wake us."""
+    def _exited(self, dep_id: int, code: int | None, now: float) -> None:
+        dep = self.store.get_deployment(dep_id)
+        self.guarded(dep.trial_id, "exit", now, self.on_exit, dep, code, now)
+
+    def next_check_due(self) -> float | None:
+        """The next in-memory check of running traders, on the monotonic clock."""
         if self.stage is None:
             return None
         times = [self.next_check] if self.store.deployments(*OCCUPYING) else []
-        times += [d.next_start_at for d in self.store.deployments(D.BACKOFF.value, D.STOPPING.value)
-                  if d.next_start_at is not None]
+        if self.enabled and self._promote_not_before > self.mono:
+            times.append(self._promote_not_before)  # a pass deferred by the spacing
+        return min(times) if times else None
+
+    def next_due(self, now: float, may_start: bool = True) -> float | None:
+        """The next time something must happen without an event to wake us.
+
+        Never a time already past that the turn could not act on, or the loop would spin: a
+        deployment due but waiting for a slot (a trader's exit or stop wakes us), one that may
+        not start now (pause --all, shutdown), a trader already SIGKILLed (its exit wakes us;
+        we look again each second).
+        """
+        if self.stage is None:
+            return None
+        times: list[float] = []  # stored (wall-clock) times only; see next_check_due
+        if may_start:
+            blocked = {d.id for d in self.blocked_deployments(now)}
+            times += [d.next_start_at for d in self.store.deployments(D.BACKOFF)
+                      if d.next_start_at is not None and d.id not in blocked]
+        times += [d.kill_at if d.kill_at > now else now + CHECK_EVERY_S
+                  for d in self.store.deployments(D.STOPPING) if d.kill_at is not None]
         return min(times) if times else None
 
     def is_idle(self) -> bool:
         """Nothing running, starting, stopping or waiting to restart, and nothing to promote."""
         if self.stage is None:
             return True
-        if self.store.deployments(*OCCUPYING, D.BACKOFF.value):
+        if self.store.deployments(*OCCUPYING, D.BACKOFF):
             return False
-        return not self.enabled or self._promotion() == plan.Promotion()
-
-    # -- decisions -----------------------------------------------------------------------------
-
-    def _rank(self, trial_id: int) -> float:
-        trial = self.store.get_trial(trial_id)
-        results = self.store.stage_results(trial_id)
-        return plan.rank_of(self.stage.rank_by, trial.value, results)
-
-    def _promotion(self) -> plan.Promotion:
-        stage: DeployStageConfig = self.stage  # type: ignore[assignment]
-        waiting = [t.id for t in self.store.list_trials(TrialStatus.PASSED.value)
-                   if self._deploy_stage_status(t.id) == StageStatus.PENDING]
-        # A trader already stopping (being replaced) holds its slot but is not "deployed".
-        live = self.store.deployments_with_trials(*RUNNING, D.BACKOFF.value)
-        deployed = [(d.trial_id, self._rank(d.trial_id)) for d, status in live
-                    if status == TrialStatus.DEPLOYED]
-        return plan.promote([(t, self._rank(t)) for t in waiting], deployed,
-                            stage.max_deployments, stage.min_improvement)
-
-    def _deploy_stage_status(self, trial_id: int) -> StageStatus | None:
-        for stage in self.store.stages_of(trial_id):
-            if stage.name == self.stage_name:
-                return stage.status
-        return None
-
-    def _promote(self, now: float) -> None:
-        # Ranking reads every candidate's results: only when its inputs moved, and at most
-        # once a second while stages churn out events.
-        if now < self._promote_not_before:
-            return
-        key = self.store.promotion_inputs()
-        if key == self._promoted_for and now < self._promote_again:
-            return
-        self._promoted_for, self._promote_again = key, now + PROMOTE_EVERY_S
-        self._promote_not_before = now + PROMOTE_SPACING_S
-        promotion = self._promotion()
-        for trial_id in promotion.start:
-            self.deploy(trial_id, now, "promoted: a slot was free")
-        for old, new in promotion.replace:
-            new_trial = self.store.get_trial(new)
-            self.retire(old, now, f"replaced by trial {new_trial.number}")
-            self.deploy(new, now, f"promoted: replaces trial {self.store.get_trial(old).number}")
+        # Fresh: a PBO throttled since the last stage finished must not make us look idle.
+        return not self.enabled or self._promotion(fresh=True) == plan.Promotion()
 
     # -- actions --------------------------------------------------------------------------------
 
-    def deploy(self, trial_id: int, now: float, reason: str) -> Deployment:
-        """Record a deployment due to start (the start itself waits for a free slot)."""
-        trial = self.store.get_trial(trial_id)
-        run_dir = trial_dir(self.logs_dir, trial, "deployments")
-        dep = self.store.begin_deployment(trial_id, self.stage_name, str(run_dir), now, reason)
-        log.info("deployment_created", trial=trial.ref, reason=reason)
-        return dep
-
-    def _start_due(self, now: float) -> None:
-        occupied = len(self.store.deployments(*OCCUPYING))
-        capacity = self.stage.max_deployments
-        for dep in self.store.deployments(D.BACKOFF.value):
-            if dep.next_start_at is not None and dep.next_start_at > now:
-                continue
-            trial = self.store.get_trial(dep.trial_id)
-            if trial.status not in (TrialStatus.DEPLOYED, TrialStatus.VALIDATED):
-                continue
-            if occupied >= capacity:
-                if dep.reason == BY_HAND:
-                    self._make_room_for(dep, now)
-                continue  # a replaced trader is still stopping: never more than max at once
-            self.start(dep, now)
-            occupied += 1
-
-    def _make_room_for(self, dep: Deployment, now: float) -> None:
-        """A deployment asked for by hand replaces the lowest-ranked running one."""
-        others = [d.trial_id for d in self.store.deployments(*RUNNING)
-                  if self.store.get_trial(d.trial_id).status == TrialStatus.DEPLOYED]
-        if others:
-            worst = min(others, key=lambda t: (self._rank(t), t))
-            number = self.store.get_trial(dep.trial_id).number
-            self.retire(worst, now, f"replaced by trial {number} (deployed by hand)")
-
-    def start(self, dep: Deployment, now: float) -> None:
-        """Spawn the trader for a deployment (first start, restart or resume)."""
-        trial = self.store.get_trial(dep.trial_id)
-        run_dir = Path(dep.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / HEARTBEAT_FILE).unlink(missing_ok=True)
-        try:
-            argv = render_argv(self.stage.command or [], template_fields(trial, run_dir))
-            identity = self.supervisor.spawn(dep.id, argv, run_dir,
-                                             log_max_bytes=int(self.stage.log_max_mb * 2**20),
-                                             log_backups=self.stage.log_backups)
-        except (KeyError, IndexError, ValueError, OSError) as exc:
-            self.store.set_deployment_status(dep, D.STARTING, now, "start attempted")
-            self.on_exit(self.store.get_deployment(dep.id), None, now, f"cannot start: {exc}")
-            return
-        restarts = dep.restarts + (1 if dep.started_at is not None else 0)
-        self.store.set_deployment_status(
-            dep, D.STARTING, now, f"pid {identity.pid}", pid=identity.pid,
-            create_time=identity.create_time, boot_id=identity.boot_id, spawned_at=now,
-            started_at=dep.started_at or now, restarts=restarts, next_start_at=None,
-        )
-        log.info("deployment_started", trial=trial.ref, pid=identity.pid, restarts=restarts)
-
-    def stop(self, dep: Deployment, now: float, reason: str) -> None:
-        """SIGTERM the trader's group; the loop SIGKILLs it after stop_grace_seconds."""
-        if dep.status == D.BACKOFF:
-            self.store.set_deployment_status(dep, D.STOPPED, now, reason, reason=reason)
-            self._after_stop(dep, reason, now)
-            return
-        if dep.status not in (D.STARTING, D.RUNNING):
-            return
-        identity = identity_of(dep)
-        self.store.set_deployment_status(
-            dep, D.STOPPING, now, reason, reason=reason,
-            next_start_at=now + self.stage.stop_grace_seconds,
-        )
-        signalled = identity is not None and signal_group(identity, signal.SIGTERM)
-        if identity is not None and not signalled and not is_alive(identity):
-            self.on_exit(self.store.get_deployment(dep.id), None, now)  # already gone
-
-    def retire(self, trial_id: int, now: float, reason: str) -> None:
-        """Stop a trial's trader (if any) and retire the trial once it is down."""
-        dep = self.store.live_deployment(trial_id)
-        if dep is None:
-            self.store.finish_deployment(trial_id, self.stage_name, TrialStatus.RETIRED,
-                                         StageStatus.CANCELLED, now, reason)
-            return
-        self.stop(dep, now, f"retire: {reason}")
-
-    # -- what happens when a trader exits ---------------------------------------------------------
-
-    def on_exit(self, dep: Deployment, code: int | None, now: float,
-                why: str | None = None) -> None:
-        """A trader ended: stopped on purpose, finished (exit 0), or crashed."""
-        self.supervisor.release(dep.id)
-        if dep.status == D.STOPPING and not (dep.reason or "").startswith("hung"):
-            self.store.set_deployment_status(dep, D.STOPPED, now, dep.reason, last_exit=code)
-            self._after_stop(dep, dep.reason or "", now)
-            return
-        if code == 0 and dep.status != D.STOPPING:
-            dep = self.store.set_deployment_status(dep, D.EXITED, now, "finished", last_exit=0)
-            self.evaluate(dep, now, finished=True)
-            return
-        self._crashed(dep, code, now, why or dep.reason)
-
-    def _crashed(self, dep: Deployment, code: int | None, now: float, why: str | None) -> None:
-        detail = why or ("exit unknown" if code is None else describe_exit(code))
-        dep = self.store.set_deployment_status(dep, D.CRASHED, now, detail, last_exit=code)
-        restart = self.stage.restart
-        decision = plan.after_crash(dep.crash_times, now - (dep.spawned_at or now), now,
-                                    restart.max_crashes, restart.window_seconds, restart.backoff,
-                                    self.rng.random())
-        if decision.fatal or not self.stage.auto_restart:
-            message = (f"crash loop: {len(decision.crash_times)} crashes within "
-                       f"{restart.window_seconds:g}s" if decision.fatal else f"crashed: {detail}")
-            self.store.set_deployment_status(dep, D.FATAL, now, message,
-                                             crash_times=list(decision.crash_times))
-            if decision.fatal:
-                self.store.add_deployment_event("deployment.crash_loop", dep.trial_id, now,
-                                                message)
-            self.store.finish_deployment(dep.trial_id, self.stage_name, TrialStatus.FAILED,
-                                         StageStatus.FAILED, now, message)
-            log.error("deployment_fatal", deployment=dep.id, message=message)
-            return
-        self.store.set_deployment_status(
-            dep, D.BACKOFF, now, f"{detail}; restart in {decision.delay:.2f}s",
-            crash_times=list(decision.crash_times), next_start_at=now + decision.delay,
-        )
-        log.warning("deployment_crashed", deployment=dep.id, detail=detail,
-                    restart_in=round(decision.delay, 3))
-
-    def _after_stop(self, dep: Deployment, reason: str, now: float) -> None:
-        if reason.startswith("retire: "):
-            why = reason.removeprefix("retire: ")
-            self.store.finish_deployment(dep.trial_id, self.stage_name, TrialStatus.RETIRED,
-                                         StageStatus.CANCELLED, now, why)
-
     # -- health checks and evaluation -------------------------------------------------------------
+
+    def _check_every(self) -> float:
+        """Seconds between health checks: 1 while a trader awaits its first heartbeat, else a
+        quarter of heartbeat_timeout (at most NOTE_EVERY_S): an idle daemon rarely wakes."""
+        assert self.stage is not None
+        running = self.store.deployments(*RUNNING)
+        # Nothing running: nothing to check, and no wake either (next_check_due is None).
+        if not running or any(d.status == D.STARTING for d in running):
+            return CHECK_EVERY_S
+        return min(NOTE_EVERY_S, max(CHECK_EVERY_S, self.stage.heartbeat_timeout / 4))
 
     def _check_running(self, now: float) -> None:
         for dep in self.store.deployments(*RUNNING):
-            run_dir = Path(dep.run_dir)
-            age = heartbeat_age(run_dir, now)
-            running_for = now - (dep.spawned_at or now)
-            if dep.status == D.STARTING and age is not None:
-                dep = self.store.set_deployment_status(dep, D.RUNNING, now, "first heartbeat")
-            # A starting trader gets timeout_seconds for its first heartbeat; then each
-            # heartbeat must come within heartbeat_timeout.
-            limit = (self.stage.timeout_seconds if dep.status == D.STARTING
-                     else self.stage.heartbeat_timeout)
-            if plan.is_hung(age, running_for, limit):
-                self.stop(dep, now, f"hung: no heartbeat for {limit:g}s")
-                continue
-            if now >= self.noted.get(dep.id, 0.0):  # the DB copy is for display: every 10 s
-                self.noted[dep.id] = now + NOTE_EVERY_S
-                metrics = read_metrics(run_dir)
-                self.store.note_deployment(dep.id, now,
-                                           last_heartbeat=None if age is None else now - age,
+            self.guarded(dep.trial_id, "check", now, self._check_one, dep, now)
+
+    def _check_one(self, dep: Deployment, now: float) -> None:
+        if dep.id not in self.supervisor.watched:  # lost track of it (a failed step): settle it
+            self.reconcile_one(dep, now)
+            return
+        assert self.stage is not None
+        run_dir = Path(dep.run_dir)
+        age = heartbeat_age(run_dir, now)
+        running_for = now - (dep.spawned_at or now)
+        if dep.status == D.STARTING and age is not None:
+            dep = self.store.set_deployment_status(dep, D.RUNNING, now, "first heartbeat")
+            self.hand_over(dep, now)
+        # A starting trader gets timeout_seconds for its first heartbeat; then each
+        # heartbeat must come within heartbeat_timeout.
+        limit = (self.stage.timeout_seconds if dep.status == D.STARTING
+                 else self.stage.heartbeat_timeout)
+        if plan.is_hung(age, running_for, limit):
+            self.stop(dep, now, f"hung: no heartbeat for {limit:g}s")
+            return
+        if self.mono >= self.noted.get(dep.id, 0.0):  # the DB copy is for display: every 10 s
+            self.noted[dep.id] = self.mono + NOTE_EVERY_S
+            metrics = read_metrics(run_dir)
+            heartbeat = None if age is None else now - age
+            if heartbeat != dep.last_heartbeat or (metrics and metrics != dep.metrics):
+                self.store.note_deployment(dep.id, now, last_heartbeat=heartbeat,
                                            **({"metrics": metrics} if metrics else {}))
-            started = dep.started_at or now
-            if (now - started >= self.stage.evaluate_after_seconds
-                    and self.store.get_trial(dep.trial_id).status == TrialStatus.DEPLOYED):
-                self.evaluate(self.store.get_deployment(dep.id), now, finished=False)
+        started = dep.started_at or now
+        if (now - started >= self.stage.evaluate_after_seconds
+                and self.store.get_trial(dep.trial_id).status == TrialStatus.DEPLOYED):
+            self.evaluate(self.store.get_deployment(dep.id), now, finished=False)
 
     def evaluate(self, dep: Deployment, now: float, finished: bool) -> None:
         """Apply the deploy stage's gates to metrics.json: validated, or retired."""
@@ -346,12 +196,24 @@ class Deployer:
         trial = self.store.get_trial(dep.trial_id)
         if trial.status not in (TrialStatus.DEPLOYED, TrialStatus.PAUSED):
             return
+        if metrics is None and not finished:
+            return  # no evidence at all yet: a running trader is judged once it reports
         if metrics is None:
             reasons = [f"{METRICS_FILE} missing or unreadable in {dep.run_dir}"]
         else:
             self.store.note_deployment(dep.id, now, metrics=metrics)
-            reasons = evaluate_gates(self.stage.parsed_gates, metrics,
-                                     self.store.stage_results(dep.trial_id))
+            short = plan.evidence_shortfall(metrics, self.stage.min_bars, self.stage.min_trades)
+            if short and not finished:
+                # No verdict on too little paper trading: keep trading, look again later.
+                if dep.id not in self._evidence_noted and not self.store.has_event(
+                        dep.trial_id, "deployment.evidence", dep.started_at or now):
+                    self._evidence_noted.add(dep.id)  # once: the metrics show the rest
+                    self.store.add_deployment_event("deployment.evidence", dep.trial_id, now,
+                                                    "not enough evidence yet: " + ", ".join(short))
+                return
+            reasons = ([f"not enough evidence: {', '.join(short)}"] if short else
+                       evaluate_gates(trial_gates(self.stage.parsed_gates), metrics,
+                                      self.store.stage_results(dep.trial_id)))
         if not reasons:
             self.store.finish_deployment(dep.trial_id, self.stage_name, TrialStatus.VALIDATED,
                                          StageStatus.PASSED, now, "paper trading gates passed",
@@ -359,23 +221,28 @@ class Deployer:
             log.info("trial_validated", trial=trial.ref)
             return
         reason = "; ".join(reasons)
-        self.store.finish_deployment(dep.trial_id, self.stage_name, TrialStatus.RETIRED,
-                                     StageStatus.REJECTED, now, reason, results=metrics)
-        if not finished:
-            self.stop(self.store.get_deployment(dep.id), now, f"gates failed: {reason}")
+        with self.store.transaction():  # the verdict and the stop it implies: one change
+            self.store.finish_deployment(dep.trial_id, self.stage_name, TrialStatus.RETIRED,
+                                         StageStatus.REJECTED, now, reason, results=metrics)
+            target = None if finished else self.mark_stop(
+                self.store.get_deployment(dep.id), now, f"gates failed: {reason}")
+        if target is not None:
+            self.terminate(target, now)
 
     # -- following what users did to trials ----------------------------------------------------
 
     def _follow_trials(self, now: float) -> None:
         """Pause stops a trader gracefully; resume restarts it from its saved state; cancel
         and by-hand stops end it."""
-        for dep, status in self.store.deployments_with_trials(*RUNNING, D.BACKOFF.value):
+        for dep, status in self.store.deployments_with_trials(*RUNNING, D.BACKOFF):
             if status == TrialStatus.PAUSED:
-                self.stop(dep, now, "paused")
-            elif status in (TrialStatus.CANCELLED, TrialStatus.RETIRED, TrialStatus.FAILED):
-                self.stop(dep, now, f"trial {status.value}")
-        for dep in self.store.deployments(D.STOPPED.value):
+                self.guarded(dep.trial_id, "pause", now, self.stop, dep, now, "paused")
+            elif status not in (TrialStatus.DEPLOYED, TrialStatus.VALIDATED):
+                self.guarded(dep.trial_id, "stop", now, self.stop, dep, now,
+                             f"trial {status.value}")
+        for dep in self.store.deployments(D.STOPPED):
             if dep.reason != "paused" or self.store.live_deployment(dep.trial_id):
                 continue
             if self.store.get_trial(dep.trial_id).status == TrialStatus.DEPLOYED:
-                self.start(dep, now)  # resumed: same run_dir, so the trader resumes its state
+                # resumed: same run_dir, so the trader resumes its state
+                self.guarded(dep.trial_id, "resume", now, self.start, dep, now)

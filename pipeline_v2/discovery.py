@@ -8,22 +8,32 @@ unfinished (RUNNING / WAITING), which are re-checked every poll until they finis
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline_v2 import plan
 from pipeline_v2.config import Config
-from pipeline_v2.errors import StorageError
+from pipeline_v2.errors import StorageError, StorageUnavailable
+from pipeline_v2.logs import get_logger
 from pipeline_v2.optuna_source import (
     FINAL_STATES,
+    POLL_BUSY_TIMEOUT_S,
     StudyRef,
+    TrialHead,
     TrialRecord,
     TrialSource,
+    file_identity,
     open_source,
+    redact_url,
+    storage_file,
 )
 from pipeline_v2.store import Store
+from pipeline_v2.templates import base_fields
+
+log = get_logger("discovery")
+
+PAGE = 2000  # trials read and recorded per transaction
 
 
 @dataclass
@@ -34,6 +44,7 @@ class DiscoveryResult:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    unavailable: bool = False  # missing or busy for now: degraded, retried next poll
 
     @property
     def total(self) -> int:
@@ -44,15 +55,8 @@ class DiscoveryResult:
 def render_model_dir(template: str, record: TrialRecord, study: str, config: Config) -> str:
     """Resolve the `optuna.model_dir` template for one trial (relative to the config folder)."""
     values = record.values or [None]
-    text = template.format(
-        study=study,
-        number=record.number,
-        trial_id=record.trial_id,
-        value=values[0],
-        params=record.params,
-        user_attrs=record.user_attrs,
-        python=sys.executable,
-    )
+    text = template.format(**base_fields(study, record.number, record.trial_id, values[0],
+                                         record.params, record.user_attrs))
     return str(config.path(text))
 
 
@@ -64,7 +68,7 @@ def trial_fields(record: TrialRecord, study: StudyRef, config: Config) -> dict[s
         flags.append("non_finite_value")
     try:
         model_dir = render_model_dir(config.optuna.model_dir, record, study.name, config)
-    except (KeyError, IndexError, AttributeError, ValueError) as exc:
+    except Exception as exc:  # any template error is this trial's flag, never the poll's
         model_dir = ""
         flags.append(f"model_dir_unresolved: {exc!r}")
     return {
@@ -90,14 +94,35 @@ class Discovery:
         self.config = config
         self.store = store
         self.storage = config.storage_url
+        # Cursors are keyed by the URL without its password: rotating it keeps the cursors.
+        self.cursor_key = redact_url(self.storage)
         self._source = source
+        self._file = storage_file(self.storage) if source is None else None
+        self._identity: tuple[int, int] | None = None
 
     @property
     def source(self) -> TrialSource:
         """The storage adapter, opened on first use (and again after an error)."""
         if self._source is None:
-            self._source = open_source(self.storage)
+            identity = file_identity(self._file) if self._file else None
+            self._source = open_source(self.storage, POLL_BUSY_TIMEOUT_S)
+            self._identity = identity
         return self._source
+
+    def _check_file(self) -> None:
+        """A storage file deleted or replaced under us: reading on would read a dead inode."""
+        if self._file is None or self._identity is None:
+            return
+        identity = file_identity(self._file)
+        if identity == self._identity:
+            return
+        self.close()
+        if identity is None:
+            raise StorageUnavailable(
+                f'optuna.storage: the storage file "{self._file}" is missing (deleted or moved '
+                "while the daemon runs); discovery resumes when it is back")
+        log.warning("storage_replaced", file=self._file)
+        self._identity = None
 
     def close(self) -> None:
         """Release the storage connection."""
@@ -110,6 +135,7 @@ class Discovery:
         started = time.perf_counter()
         result = DiscoveryResult()
         try:
+            self._check_file()
             with self.source.session():
                 studies = self.source.studies(self.config.optuna.studies)
                 found = {s.name for s in studies}
@@ -117,19 +143,31 @@ class Discovery:
                     n for n in self.config.optuna.studies if n != "*" and n not in found
                 ]
                 for study in studies:
-                    new = self.poll_study(study, now)
+                    new = self._poll_one(study, now, result)
                     result.new[study.name] = result.new.get(study.name, 0) + new
         except StorageError as exc:
             result.errors.append(str(exc))
+            result.unavailable = isinstance(exc, StorageUnavailable)
             self.close()
         result.seconds = time.perf_counter() - started
         self._record_health(result, now if now is not None else time.time())
         return result
 
+    def _poll_one(self, study: StudyRef, now: float | None, result: DiscoveryResult) -> int:
+        """One study; what it raises (beyond the storage failing) is its error, not the poll's."""
+        try:
+            return self.poll_study(study, now)
+        except StorageError:
+            raise
+        except Exception as exc:
+            log.exception("study_poll_failed", study=study.name)
+            result.errors.append(f"study {study.name!r}: {type(exc).__name__}: {exc}")
+            return 0
+
     def _cursor(self, study: StudyRef) -> dict[str, Any]:
         """The study's cursor, started afresh (next generation) if the study was re-created."""
         fresh = {"study_id": study.study_id, "max_trial_id": -1, "lag_trial_id": -1, "open_ids": []}
-        cursor = self.store.get_cursor(self.storage, study.name)
+        cursor = self.store.get_cursor(self.cursor_key, study.name)
         fingerprint = self.source.fingerprint(study)
         if cursor is None:
             return fresh | {"generation": 0, "fingerprint": fingerprint}
@@ -141,39 +179,59 @@ class Discovery:
         return cursor | {"fingerprint": fingerprint}
 
     def poll_study(self, study: StudyRef, now: float | None = None) -> int:
-        """Record the study's newly finished trials; returns how many were new."""
+        """Record the study's newly finished trials; returns how many were new.
+
+        Trials are read and recorded a page at a time (one transaction each), so a first
+        catch-up of a million trials holds one page in memory, never the whole study.
+        """
         cursor = self._cursor(study)
-        heads = self.source.heads(study, cursor["lag_trial_id"], cursor["open_ids"])
-        wanted_states = set(self.config.optuna.states)
-        still_open = {h.trial_id for h in heads if h.state not in FINAL_STATES}
-        ready = [h for h in heads if h.state in wanted_states]
-        generation = cursor["generation"]
-        known = self.store.known_numbers(study.name, generation, [h.number for h in ready])
-        ready = [h for h in ready if h.number not in known]
-        records = self.source.details(study, ready) if ready else []
-        stages, stage_pos, first_status = plan.initial_stages(self.config)
         stamp = now if now is not None else time.time()
-        new = 0
-        highest = max([cursor["max_trial_id"], *(h.trial_id for h in heads)])
+        after, ids = cursor["lag_trial_id"], cursor["open_ids"]
+        highest, still_open, new = cursor["max_trial_id"], set(), 0
+        while True:
+            heads = self.source.heads(study, after, ids, limit=PAGE)
+            newer = [h.trial_id for h in heads if h.trial_id > after]
+            ids = ()  # the open ids are re-read with the first page only
+            still_open |= {h.trial_id for h in heads if h.state not in FINAL_STATES}
+            highest = max([highest, *(h.trial_id for h in heads)])
+            new += self._record(study, cursor["generation"], heads, stamp)
+            if len(newer) < PAGE:
+                break
+            after = max(newer)
         updated = cursor | {
             "max_trial_id": highest,
             "lag_trial_id": cursor["max_trial_id"],
             "open_ids": sorted(still_open),
         }
-        if not records and updated == cursor:
-            return 0  # nothing new and nothing moved: no write at all
+        if updated != cursor:  # nothing new and nothing moved: no write at all
+            with self.store.transaction():
+                self.store.save_cursor(self.cursor_key, study.name, updated, stamp)
+        return new
+
+    def _record(self, study: StudyRef, generation: int, heads: list[TrialHead],
+                stamp: float) -> int:
+        """Record the finished trials among these heads that the state DB does not know."""
+        wanted_states = set(self.config.optuna.states)
+        ready = [h for h in heads if h.state in wanted_states]
+        known = self.store.known_numbers(study.name, generation, [h.number for h in ready])
+        ready = [h for h in ready if h.number not in known]
+        if not ready:
+            return 0
+        records = self.source.details(study, ready)
+        stages, stage_pos, first_status = plan.initial_stages(self.config)
+        new = 0
         with self.store.transaction():
             for record in sorted(records, key=lambda r: r.trial_id):
                 fields = trial_fields(record, study, self.config) | {"generation": generation}
                 if self.store.add_trial(fields, stages, stage_pos, stamp,
                                         first_status) is not None:
                     new += 1
-            self.store.save_cursor(self.storage, study.name, updated, stamp)
         return new
 
     def _record_health(self, result: DiscoveryResult, now: float) -> None:
         if result.errors:
-            status, message = "error", result.errors[0]
+            status = "degraded" if result.unavailable else "error"
+            message = result.errors[0]
         elif result.missing:
             status = "warning"
             message = f"studies not in the storage yet: {', '.join(result.missing)}"

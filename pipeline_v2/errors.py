@@ -31,6 +31,10 @@ class StorageError(PipelineError):
     """The Optuna storage is unreachable, missing, or of an unknown schema."""
 
 
+class StorageUnavailable(StorageError):
+    """The Optuna storage is missing or busy for now: skip this poll, try the next one."""
+
+
 class LockedError(PipelineError):
     """Another daemon already holds the state DB's lock."""
 

@@ -60,9 +60,10 @@ TRANSITIONS: dict[type[Enum], dict[Enum, frozenset[Enum]]] = {
         T.PASSED: frozenset({T.DEPLOYED, T.RETIRED, T.PROCESSING, T.PAUSED, T.CANCELLED}),
         T.DEPLOYED: frozenset({T.VALIDATED, T.RETIRED, T.PASSED, T.FAILED, T.PAUSED, T.CANCELLED}),
         T.VALIDATED: frozenset({T.RETIRED}),
-        T.RETIRED: frozenset({T.DEPLOYED}),
+        # RETIRED / FAILED -> DEPLOYED: a redeploy; -> PASSED: a retried deploy stage.
+        T.RETIRED: frozenset({T.DEPLOYED, T.PASSED}),
         T.REJECTED: frozenset({T.PROCESSING, T.CANCELLED}),
-        T.FAILED: frozenset({T.PROCESSING, T.CANCELLED}),
+        T.FAILED: frozenset({T.PROCESSING, T.PASSED, T.DEPLOYED, T.CANCELLED}),
         T.PAUSED: PAUSABLE | {T.CANCELLED},
         T.CANCELLED: frozenset(),
     },
@@ -70,11 +71,12 @@ TRANSITIONS: dict[type[Enum], dict[Enum, frozenset[Enum]]] = {
         S.PENDING: frozenset({S.RUNNING, S.SKIPPED, S.CANCELLED}),
         # RUNNING -> PENDING: an error to retry, or an interrupted attempt.
         S.RUNNING: frozenset({S.PASSED, S.REJECTED, S.FAILED, S.PENDING, S.CANCELLED}),
-        S.PASSED: frozenset(),
+        # PASSED / CANCELLED -> PENDING: only a deploy stage, when its trial is redeployed.
+        S.PASSED: frozenset({S.PENDING}),
         S.REJECTED: frozenset({S.PENDING, S.SKIPPED}),
         S.FAILED: frozenset({S.PENDING, S.SKIPPED}),
         S.SKIPPED: frozenset({S.PENDING}),
-        S.CANCELLED: frozenset(),
+        S.CANCELLED: frozenset({S.PENDING}),
     },
     DeploymentStatus: {
         D.STARTING: frozenset({D.RUNNING, D.EXITED, D.CRASHED, D.STOPPING, D.STOPPED}),
@@ -118,6 +120,7 @@ class Trial:
     flags: list[str] = field(default_factory=list)
     reason: str | None = None
     paused_from: str | None = None
+    pinned: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -127,8 +130,23 @@ class Trial:
         return f"{self.study}:{self.number}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class AttemptRecord:
+    """What attempts leave on a stage row: the retry schedule, results, error and reason.
+
+    Shared by `StageRun` (the row) and `plan.StageUpdate` (the change decided for it).
+    """
+
+    interruptions: int = 0
+    next_attempt_at: float | None = None
+    results: dict[str, Any] | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+    reason: str | None = None
+
+
 @dataclass(frozen=True)
-class StageRun:
+class StageRun(AttemptRecord):
     """One stage of one trial: its attempts, schedule and result."""
 
     id: int
@@ -137,14 +155,8 @@ class StageRun:
     position: int
     status: StageStatus
     attempts: int = 0
-    interruptions: int = 0
-    next_attempt_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
-    results: dict[str, Any] | None = None
-    error_message: str | None = None
-    error_traceback: str | None = None
-    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,5 +177,7 @@ class Deployment:
     metrics: dict[str, Any] | None = None
     started_at: float | None = None
     spawned_at: float | None = None
-    next_start_at: float | None = None
+    next_start_at: float | None = None  # backoff: when to start again
+    kill_at: float | None = None  # stopping: when the grace is over and SIGKILL follows
     reason: str | None = None
+    replaces: int | None = None  # trial id handed over from at this one's first heartbeat

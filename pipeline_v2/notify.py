@@ -21,8 +21,9 @@ from tenacity import retry, stop_after_attempt, wait_exponential
 
 from pipeline_v2.config import Config
 from pipeline_v2.logs import get_logger
-from pipeline_v2.stages.templates import render_argv
+from pipeline_v2.redact import redact
 from pipeline_v2.store import Store
+from pipeline_v2.templates import render_argv
 
 MAX_ATTEMPTS = 8
 BACKOFF = [5, 30, 120, 300, 900, 1800, 3600]
@@ -44,14 +45,14 @@ def event_text(event: dict[str, Any]) -> str:
 
 
 def payload(event: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body sent to the webhook and to the command's stdin."""
-    return {
+    """The JSON body sent to the webhook and to the command's stdin (secrets masked)."""
+    return redact({
         "text": event_text(event),
         "event": {k: event.get(k) for k in ("id", "ts", "kind", "stage", "old_status",
                                             "new_status", "message", "data")}
         | {"trial": None if event.get("study") is None
            else f"{event['study']}:{event['trial_number']}"},
-    }
+    })
 
 
 def post_webhook(
@@ -98,7 +99,7 @@ def deliver_due(store: Store, config: Config, now: float,
             retry_at = None
             if attempts < MAX_ATTEMPTS:
                 retry_at = now + BACKOFF[min(attempts, len(BACKOFF)) - 1]
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact(f"{type(exc).__name__}: {exc}")  # urllib errors quote the URL
             store.mark_notification(event["outbox_id"], now, error, retry_at)
             log.warning("notification_failed", event=event["kind"], attempts=attempts, error=error)
             continue
@@ -124,7 +125,10 @@ class Notifier(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        store = Store(self.config.state_db_path, notify_kinds=self.config.notify.events)
+        """Deliver due outbox rows until stopped (the thread body)."""
+        # The daemon checked the DB at its start: this second connection need not again.
+        store = Store(self.config.state_db_path, notify_kinds=self.config.notify.events,
+                      check="light")
         try:
             while True:
                 try:

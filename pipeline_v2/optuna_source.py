@@ -1,7 +1,12 @@
 """Read-only adapters over an Optuna storage: its RDB schema (SQLAlchemy Core) or a journal file.
 
 Both answer the same two questions at a cost that grows with what is new: which studies exist,
-and which trials of a study have ids above a watermark or in a given set. Nothing here writes.
+and which trials of a study have ids above a watermark or in a given set. Nothing here writes:
+a PostgreSQL or MySQL role with only SELECT on Optuna's tables is enough.
+
+Why an id watermark is safe on a server storage too: Optuna creates a trial under a row lock on
+its study (`SELECT ... FOR UPDATE`, then INSERT, then COMMIT), so within one study trial ids are
+committed in id order, as SQLite's single writer guarantees by itself.
 """
 
 from __future__ import annotations
@@ -10,76 +15,106 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from contextlib import contextmanager
+from typing import Any
 
-from pipeline_v2.errors import StorageError
+from pipeline_v2.errors import StorageError, StorageUnavailable
+from pipeline_v2.optuna_journal import JournalSource
+from pipeline_v2.optuna_records import StudyRef, TrialHead, TrialRecord, TrialSource
+from pipeline_v2.redact import redact_url
 
 # Optuna RDB schema revisions whose trials/values/params/attributes columns we read.
 KNOWN_REVISIONS = frozenset({"v3.0.0.c", "v3.0.0.d", "v3.2.0.a"})
-BUSY_TIMEOUT_S = 10.0
+BUSY_TIMEOUT_S = 10.0  # stages reading the storage wait for a writer
+# A writer holding an exclusive lock must never stall the daemon's loop: discovery waits this
+# long, then skips the poll (the next one tries again).
+POLL_BUSY_TIMEOUT_S = 0.1
+SERVER_CONNECT_TIMEOUT_S = 2
+SERVER_QUERY_TIMEOUT_S = 10
 FINAL_STATES = frozenset({"COMPLETE", "PRUNED", "FAIL"})
-_CHUNK = 500
+_CHUNK = 500  # ids per IN list: SQLite's bound-variable limit
+_SERVER_CHUNK = 10_000  # a server takes long lists; fewer round trips on a catch-up poll
 
 
-@dataclass(frozen=True)
-class StudyRef:
-    """A study as the storage knows it; a re-created study has a new `study_id`."""
-
-    name: str
-    study_id: int
+# Server dialects: the pip extra that installs the driver we default to, and that driver.
+DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql"}
+_DEFAULT_DRIVERS = {"postgresql": ("psycopg2", "psycopg2"), "mysql": ("pymysql", "pymysql")}
 
 
-@dataclass(frozen=True)
-class TrialHead:
-    """The cheap part of a trial: enough to decide whether to read the rest."""
-
-    trial_id: int
-    number: int
-    state: str
-
-
-@dataclass
-class TrialRecord:
-    """Everything discovery records about a trial."""
-
-    trial_id: int
-    number: int
-    state: str
-    values: list[float] | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    user_attrs: dict[str, Any] = field(default_factory=dict)
-    constraints: list[float] | None = None
-    datetime_complete: str | None = None
-
-
-class TrialSource(Protocol):
-    """What discovery needs from a storage."""
-
-    def studies(self, names: Sequence[str]) -> list[StudyRef]: ...
-
-    def fingerprint(self, study: StudyRef) -> str | None: ...
-
-    def heads(self, study: StudyRef, above: int, ids: Iterable[int]) -> list[TrialHead]: ...
-
-    def details(self, study: StudyRef, heads: Sequence[TrialHead]) -> list[TrialRecord]: ...
-
-    def session(self) -> AbstractContextManager[None]: ...
-
-    def close(self) -> None: ...
-
-
-def open_source(url: str) -> TrialSource:
+def open_source(url: str, busy_timeout: float = BUSY_TIMEOUT_S) -> TrialSource:
     """The adapter for an Optuna storage URL or journal file path."""
     if "://" not in url:
         return JournalSource(url)
     if url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"):
-        return RdbSource(url)
+        return RdbSource(url, busy_timeout)
     raise StorageError(
-        f'optuna.storage: unsupported storage "{url}" '
+        f'optuna.storage: unsupported storage "{redact_url(url)}" '
         "(expected sqlite://, postgresql://, mysql:// or a journal file path)"
     )
+
+
+def _scrub(text: str, url: str) -> str:
+    """A driver's message with the URL's password (if any) masked, wherever it appears."""
+    import sqlalchemy as sa
+
+    try:
+        password = sa.engine.make_url(url).password
+    except sa.exc.ArgumentError:
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
+def server_url(url: str) -> Any:
+    """A server URL with our default driver named (`mysql://` means PyMySQL unless MySQLdb is
+    installed); raises StorageError naming the extra to install when the driver is missing."""
+    import importlib.util
+
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StorageError(f"optuna.storage: not a storage URL: {_first_line(exc)}") from None
+    dialect, _, driver = parsed.drivername.partition("+")
+    if dialect not in DRIVER_EXTRAS:
+        return parsed
+    default_module, default_driver = _DEFAULT_DRIVERS[dialect]
+    if not driver and dialect == "mysql" and importlib.util.find_spec("MySQLdb") is not None:
+        driver = "mysqldb"  # SQLAlchemy's own default for mysql://, when it is installed
+    if not driver:
+        driver = default_driver
+        parsed = parsed.set(drivername=f"{dialect}+{driver}")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except ImportError:
+        extra = DRIVER_EXTRAS[dialect]
+        raise StorageError(
+            f"optuna.storage: {dialect}+{driver} needs its driver: "
+            f"pip install 'pipeline_v2[{extra}]'"
+        ) from None
+    except sa.exc.NoSuchModuleError:
+        raise StorageError(
+            f'optuna.storage: unknown driver "{parsed.drivername}" in "{redact_url(url)}"'
+        ) from None
+    return parsed
+
+
+def storage_file(url: str) -> str | None:
+    """The local file behind a storage URL (SQLite or journal), None for a server."""
+    if "://" not in url:
+        return url
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a file, None if it is missing: a replaced file has a new one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def external_param(value: float, distribution_json: str) -> Any:
@@ -96,25 +131,44 @@ def external_param(value: float, distribution_json: str) -> Any:
 class RdbSource:
     """Optuna's RDB schema read with SQLAlchemy Core, after checking its revision."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         import sqlalchemy as sa
 
         self._sa = sa
+        self.busy_timeout = busy_timeout
         self._conn: Any = None
         connect_args: dict[str, Any] = {}
+        shown = redact_url(url)
+        target: Any = url
         if url.startswith("sqlite:///"):
             path = url.removeprefix("sqlite:///")
             if not os.path.exists(path):
                 raise StorageError(f'optuna.storage: no SQLite file at "{path}"')
             # Read-only URI: this process can never write to the workers' storage.
-            url = f"sqlite:///file:{path}?mode=ro&uri=true"
-            connect_args = {"timeout": BUSY_TIMEOUT_S}
+            target = f"sqlite:///file:{path}?mode=ro&uri=true"
+            connect_args = {"timeout": busy_timeout}
+        else:
+            target = server_url(url)
+            # A server that does not answer, or a query stuck behind a lock, must not hold the
+            # daemon's loop for long: the poll fails and the next one tries again.
+            connect_args = {"connect_timeout": SERVER_CONNECT_TIMEOUT_S}
+            if target.get_backend_name() == "postgresql":
+                connect_args["options"] = f"-c statement_timeout={SERVER_QUERY_TIMEOUT_S * 1000}"
+            else:
+                connect_args["read_timeout"] = SERVER_QUERY_TIMEOUT_S
+        self._url = url
         try:
-            self.engine = sa.create_engine(url, connect_args=connect_args)
+            self.engine = sa.create_engine(target, connect_args=connect_args,
+                                           pool_pre_ping=not url.startswith("sqlite"))
             with self.engine.connect() as conn:
                 revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
         except sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"optuna.storage: cannot read {url!r}: {_first_line(exc)}") from None
+            raise _storage_error(f"cannot read '{shown}'", exc, busy_timeout, url) from None
+        self._chunk = _CHUNK if self.engine.dialect.name == "sqlite" else _SERVER_CHUNK
+        self._study_match = ("study_id + 0 = :sid" if self.engine.dialect.name == "postgresql"
+                             else "study_id = :sid")
+        # `key` is a reserved word in MySQL: quote it the way this server's dialect does.
+        self._key = self.engine.dialect.identifier_preparer.quote("key")
         if revision not in KNOWN_REVISIONS:
             raise StorageError(
                 f"optuna.storage: unknown Optuna schema revision {revision!r} "
@@ -133,7 +187,7 @@ class RdbSource:
             with self.engine.connect() as conn:
                 return list(conn.execute(statement, params))
         except sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"optuna.storage: query failed: {_first_line(exc)}") from None
+            raise _storage_error("query failed", exc, self.busy_timeout, self._url) from None
 
     @contextmanager
     def session(self) -> Iterator[None]:
@@ -141,7 +195,7 @@ class RdbSource:
         try:
             conn = self.engine.connect()
         except self._sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"optuna.storage: cannot connect: {_first_line(exc)}") from None
+            raise _storage_error("cannot connect", exc, self.busy_timeout, self._url) from None
         self._conn = conn
         try:
             yield
@@ -150,6 +204,7 @@ class RdbSource:
             conn.close()  # ends the read transaction, so writers' checkpoints never wait on us
 
     def studies(self, names: Sequence[str]) -> list[StudyRef]:
+        """The wanted studies that exist ("*": every study)."""
         if list(names) == ["*"]:
             rows = self._rows("SELECT study_id, study_name FROM studies ORDER BY study_id")
         else:
@@ -168,24 +223,30 @@ class RdbSource:
         )
         return f"{rows[0][0]}@{rows[0][1]}" if rows else None
 
-    def heads(self, study: StudyRef, above: int, ids: Iterable[int]) -> list[TrialHead]:
-        # (study_id, trial_id) is a range seek on Optuna's study_id index.
+    def heads(self, study: StudyRef, above: int, ids: Iterable[int],
+              limit: int | None = None) -> list[TrialHead]:
+        """Trials above an id (the first `limit` of them, by id), plus these ids."""
+        # SQLite and InnoDB: (study_id, trial_id) is a range seek on Optuna's study_id index,
+        # whose entries carry the row id. PostgreSQL's do not: it would read every trial of the
+        # study, so there `study_id + 0` steers it to the primary key range instead.
         rows = self._rows(
             "SELECT trial_id, number, state FROM trials"
-            " WHERE study_id = :sid AND trial_id > :above",
+            f" WHERE {self._study_match} AND trial_id > :above ORDER BY trial_id LIMIT :limit",
             sid=study.study_id,
             above=above,
+            limit=-1 if limit is None else limit,
         )
         wanted = sorted(set(ids) - {row[0] for row in rows})
-        for chunk in _chunks(wanted):
+        for chunk in _chunks(wanted, self._chunk):
             rows += self._rows(
                 "SELECT trial_id, number, state FROM trials WHERE trial_id IN :ids", ids=chunk
             )
         return [TrialHead(int(r[0]), int(r[1]), str(r[2])) for r in rows]
 
     def details(self, study: StudyRef, heads: Sequence[TrialHead]) -> list[TrialRecord]:
+        """Full records (values, params, attrs) of these trials."""
         records = {h.trial_id: TrialRecord(h.trial_id, h.number, h.state) for h in heads}
-        for chunk in _chunks(list(records)):
+        for chunk in _chunks(list(records), self._chunk):
             for tid, done in self._rows(
                 "SELECT trial_id, datetime_complete FROM trials WHERE trial_id IN :ids", ids=chunk
             ):
@@ -206,84 +267,22 @@ class RdbSource:
             ):
                 records[tid].params[name] = external_param(value, dist)
             for tid, key, value_json in self._rows(
-                "SELECT trial_id, key, value_json FROM trial_user_attributes"
+                f"SELECT trial_id, {self._key}, value_json FROM trial_user_attributes"
                 " WHERE trial_id IN :ids",
                 ids=chunk,
             ):
                 records[tid].user_attrs[key] = json.loads(value_json)
             for tid, value_json in self._rows(
                 "SELECT trial_id, value_json FROM trial_system_attributes"
-                " WHERE trial_id IN :ids AND key = 'constraints'",
+                f" WHERE trial_id IN :ids AND {self._key} = 'constraints'",
                 ids=chunk,
             ):
                 records[tid].constraints = json.loads(value_json)
         return list(records.values())
 
     def close(self) -> None:
+        """Release the engine."""
         self.engine.dispose()
-
-
-class JournalSource:
-    """A journal-file storage through Optuna's own reader, which replays only what is new."""
-
-    def __init__(self, path: str) -> None:
-        if not os.path.exists(path):
-            raise StorageError(f'optuna.storage: no journal file at "{path}"')
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        try:
-            self.storage = JournalStorage(JournalFileBackend(path))
-        except Exception as exc:  # Optuna raises several kinds for a corrupt journal
-            raise StorageError(f"optuna.storage: cannot read journal {path!r}: {exc}") from None
-
-    def studies(self, names: Sequence[str]) -> list[StudyRef]:
-        every = [StudyRef(s.study_name, s._study_id) for s in self.storage.get_all_studies()]
-        return every if list(names) == ["*"] else [s for s in every if s.name in names]
-
-    def _trials(self, study: StudyRef) -> list[Any]:
-        return self.storage.get_all_trials(study.study_id, deepcopy=False)
-
-    def fingerprint(self, study: StudyRef) -> str | None:
-        """The study's first trial (id and start): it changes when the study is re-created."""
-        trials = self._trials(study)
-        return f"{trials[0]._trial_id}@{trials[0].datetime_start}" if trials else None
-
-    def heads(self, study: StudyRef, above: int, ids: Iterable[int]) -> list[TrialHead]:
-        wanted = set(ids)
-        return [
-            TrialHead(t._trial_id, t.number, t.state.name)
-            for t in self._trials(study)
-            if t._trial_id > above or t._trial_id in wanted
-        ]
-
-    def details(self, study: StudyRef, heads: Sequence[TrialHead]) -> list[TrialRecord]:
-        wanted = {h.trial_id for h in heads}
-        records = []
-        for t in self._trials(study):
-            if t._trial_id not in wanted:
-                continue
-            done = t.datetime_complete
-            records.append(
-                TrialRecord(
-                    t._trial_id,
-                    t.number,
-                    t.state.name,
-                    values=list(t.values) if t.values is not None else None,
-                    params=dict(t.params),
-                    user_attrs=dict(t.user_attrs),
-                    constraints=t.system_attrs.get("constraints"),
-                    datetime_complete=None if done is None else str(done),
-                )
-            )
-        return records
-
-    def session(self) -> AbstractContextManager[None]:
-        """Nothing to hold: the journal reader keeps its own state."""
-        return nullcontext()
-
-    def close(self) -> None:
-        pass
 
 
 def _stored_value(value: float | None, kind: str) -> float:
@@ -294,9 +293,19 @@ def _stored_value(value: float | None, kind: str) -> float:
     return math.nan if value is None else float(value)
 
 
-def _chunks(items: list[int]) -> Iterable[list[int]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+def _chunks(items: list[int], size: int = _CHUNK) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _storage_error(what: str, exc: Exception, waited: float, url: str) -> StorageError:
+    """A lock held by a writer is "busy, skipped": not an error in the storage. The URL's
+    password never reaches the message, whatever the driver put in it."""
+    if "database is locked" in str(exc) or "database is busy" in str(exc):
+        return StorageUnavailable(
+            f"optuna.storage: busy (a writer holds a lock for more than {waited:g}s); "
+            "this poll was skipped, the next one tries again")
+    return StorageError(f"optuna.storage: {what}: {_scrub(_first_line(exc), url)}")
 
 
 def _first_line(exc: Exception) -> str:

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline_v2.config import Config, DeployStageConfig
-from pipeline_v2.models import FINAL_STAGE, StageRun, StageStatus, TrialStatus
-from pipeline_v2.stages.gates import evaluate_gates
+from pipeline_v2.gates import evaluate_gates
+from pipeline_v2.models import FINAL_STAGE, AttemptRecord, StageRun, StageStatus, TrialStatus
 
 # An attempt cut short by a daemon stop is not a failure, but this many in a row are.
 MAX_INTERRUPTIONS = 3
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How one stage attempt ended, as reported by a runner."""
-
-    kind: Literal["ok", "reject", "error", "interrupted"]
-    metrics: dict[str, Any] | None = None
-    message: str | None = None
-    traceback: str | None = None
-
-
-@dataclass(frozen=True)
-class StageUpdate:
+class StageUpdate(AttemptRecord):
     """The decided result of an attempt: the stage's new state and the trial's next step."""
 
     stage_id: int
@@ -33,16 +23,21 @@ class StageUpdate:
     status: StageStatus
     stage_pos: int
     trial_status: TrialStatus | None
-    next_attempt_at: float | None = None
-    interruptions: int = 0
-    results: dict[str, Any] | None = None
-    error_message: str | None = None
-    error_traceback: str | None = None
-    reason: str | None = None
     message: str | None = None
     trial_reason: str | None = None
     attempts: int | None = None  # None: keep the count the claim made
     skip: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one stage attempt ended, as reported by a runner."""
+
+    kind: Literal["ok", "reject", "error", "interrupted", "requeue"]
+    metrics: dict[str, Any] | None = None
+    message: str | None = None
+    traceback: str | None = None
+    final: bool = False  # an error that retrying cannot heal (bad data, bad parameters)
 
 
 def initial_stages(
@@ -107,6 +102,13 @@ def after_attempt(
     interruptions = 0
     status, next_at, reason, message = StageStatus.PASSED, None, None, None
     metrics = outcome.metrics
+    if outcome.kind == "requeue":  # not the trial's fault (the disk is full): never charged
+        return StageUpdate(
+            stage.id, stage.name, StageStatus.PENDING, stage.position, None,
+            next_attempt_at=now, interruptions=stage.interruptions,
+            message=f"attempt {stage.attempts} requeued, not charged: {outcome.message}",
+            attempts=stage.attempts - 1,
+        )
     if outcome.kind == "interrupted":
         interruptions = stage.interruptions + 1
         if interruptions < MAX_INTERRUPTIONS:
@@ -131,7 +133,11 @@ def after_attempt(
         status, reason = StageStatus.REJECTED, outcome.message or "rejected"
         message = reason
     elif outcome.kind == "error":
-        if stage.attempts >= cfg.max_attempts:
+        if outcome.final:
+            status = StageStatus.FAILED
+            message = (f"attempt {stage.attempts}/{cfg.max_attempts} failed, not retried "
+                       f"(retrying cannot fix it): {outcome.message}")
+        elif stage.attempts >= cfg.max_attempts:
             status = StageStatus.FAILED
             message = f"attempt {stage.attempts}/{cfg.max_attempts} failed: {outcome.message}"
         else:
@@ -192,14 +198,17 @@ class Promotion:
 
 
 def promote(candidates: Sequence[tuple[int, float]], deployed: Sequence[tuple[int, float]],
-            max_deployments: int, min_improvement: float) -> Promotion:
+            max_deployments: int, min_improvement: float,
+            fixed: Collection[int] = ()) -> Promotion:
     """Fill free slots with the best waiting trials; then let a waiting trial replace the worst
-    deployed one when it beats it by at least `min_improvement`. Higher rank is better."""
+    deployed one when it beats it by at least `min_improvement`. Higher rank is better.
+    Deployed trials in `fixed` (pinned by hand, or mid-handover) hold their slot for good."""
     waiting = sorted(candidates, key=lambda c: (-c[1], c[0]))
     free = max(0, max_deployments - len(deployed))
     start = tuple(trial for trial, _ in waiting[:free])
     replace: list[tuple[int, int]] = []
-    current = sorted(deployed, key=lambda d: (d[1], d[0]))  # worst first
+    current = sorted((d for d in deployed if d[0] not in fixed),
+                     key=lambda d: (d[1], d[0]))  # worst first
     for trial, rank in waiting[free:]:
         if not current or rank < current[0][1] + min_improvement:
             break
@@ -249,6 +258,18 @@ def after_crash(crash_times: Sequence[float], ran_for: float, now: float, max_cr
     if len(recent) >= max_crashes:
         return CrashDecision(True, 0.0, recent, consecutive)
     return CrashDecision(False, restart_delay(consecutive, backoff, jitter), recent, consecutive)
+
+
+def evidence_shortfall(metrics: Mapping[str, Any], min_bars: int, min_trades: int
+                       ) -> list[str]:
+    """What paper trading still lacks before a verdict means anything: [] when enough."""
+    short = []
+    for key, least in (("bars", min_bars), ("trades", min_trades)):
+        have = metrics.get(key)
+        if isinstance(have, bool) or not isinstance(have, int | float) or have < least:
+            shown = have if isinstance(have, int | float) and not isinstance(have, bool) else 0
+            short.append(f"{key} {shown:g} of {least}")
+    return short
 
 
 def is_hung(heartbeat_age: float | None, running_for: float, timeout: float) -> bool:

@@ -6,14 +6,15 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterable
 from enum import Enum
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from pipeline_v2.models import StageRun, Trial
+from pipeline_v2.models import StageRun, StageStatus, Trial
 from pipeline_v2.status import iso
 
 STATUS_STYLE = {
@@ -58,6 +59,28 @@ def to_json(value: Any) -> str:
     return json.dumps(jsonable(value), indent=2, default=str)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
+def stream_json(items: Iterable[Any], out: IO[str], lines: bool = False) -> None:
+    """A JSON array (or JSON lines), one compact element at a time: memory stays constant."""
+    if lines:
+        for item in items:
+            out.write(_COMPACT.encode(jsonable(item)) + "\n")
+        return
+    out.write("[")
+    separator = "\n"
+    for item in items:
+        out.write(separator + _COMPACT.encode(jsonable(item)))
+        separator = ",\n"
+    out.write("\n]\n" if separator != "\n" else "]\n")
+
+
+def add_row(table: Table, *cells: Any) -> None:
+    """Add a row whose plain strings stay plain: user data ("[/]" in a name) is never markup."""
+    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
+
+
 def styled(status: str) -> Text:
     """A status word in its colour."""
     return Text(status, style=STATUS_STYLE.get(status, ""))
@@ -99,14 +122,14 @@ def status_view(data: dict[str, Any]) -> Group:
     counts.add_column("count", justify="right")
     for key, value in data.items():
         if key.startswith("trials_") and key != "trials_total":
-            counts.add_row(styled(key.removeprefix("trials_")), str(value))
+            add_row(counts, styled(key.removeprefix("trials_")), str(value))
     stages = Table(title="stages", box=None)
     stages.add_column("stage")
-    statuses = ["pending", "running", "passed", "rejected", "failed", "skipped", "cancelled"]
+    statuses = [status.value for status in StageStatus]
     for status in statuses:
         stages.add_column(status, justify="right")
     for name, by_status in data["stages"].items():
-        stages.add_row(name, *(str(by_status.get(s, 0)) for s in statuses))
+        add_row(stages, name, *(str(by_status.get(s, 0)) for s in statuses))
     parts: list[Any] = [head, counts, stages]
     if data["deployments"]:
         parts.append(deployments_table(data["deployments"]))
@@ -120,8 +143,9 @@ def deployments_table(rows: list[dict[str, Any]]) -> Table:
         table.add_column(column)
     for row in rows:
         metrics = row.get("metrics") or {}
-        table.add_row(
-            f"{row['study']}:{row['trial_number']}",
+        add_row(
+            table,
+            row["trial"] + (" (pinned)" if row.get("pinned") else ""),
             styled(row["status"]),
             str(row.get("pid") or "-"),
             str(row.get("restarts", 0)),
@@ -140,7 +164,8 @@ def trials_table(trials: list[Trial]) -> Table:
         table.add_column(column, overflow="fold")
     for trial in trials:
         params = ", ".join(f"{k}={number(v)}" for k, v in trial.params.items())
-        table.add_row(
+        add_row(
+            table,
             trial.ref, styled(trial.status.value), number(trial.value), params, trial.reason or ""
         )
     return table
@@ -155,32 +180,45 @@ def trial_view(trial: Trial, stages: list[StageRun], events: list[dict[str, Any]
         f"  value {number(trial.value)}  model_dir {trial.model_dir}",
         f"\nparams {json.dumps(jsonable(trial.params))}",
         f"\nflags {', '.join(trial.flags)}" if trial.flags else "",
+        "\npinned: deployed by hand, not displaced by promotion" if trial.pinned else "",
         f"\nreason {trial.reason}" if trial.reason else "",
     )
     table = Table(title="stages", box=None)
     for column in ("stage", "status", "attempts", "next attempt", "result"):
         table.add_column(column, overflow="fold")
     for stage in stages:
-        result = stage.reason or stage.error_message or ""
+        result = stage_summary(stage)
         if stage.results and not result:
             result = ", ".join(
                 f"{k}={number(v)}" for k, v in stage.results.items() if isinstance(v, int | float)
             )
-        table.add_row(
+        add_row(
+            table,
             stage.name,
             styled(stage.status.value),
             str(stage.attempts),
-            ago(stage.next_attempt_at) if stage.status.value == "pending" else "-",
+            ago(stage.next_attempt_at) if stage.status == StageStatus.PENDING else "-",
             result,
         )
     trail = Table(title="events", box=None)
     for column in ("time", "event", "stage", "message"):
         trail.add_column(column, overflow="fold")
     for event in events:
-        trail.add_row(
+        add_row(
+            trail,
             iso(event["ts"]) or "", event["kind"], event["stage"] or "", event["message"] or ""
         )
     return Group(head, table, trail)
+
+
+def stage_summary(stage: StageRun) -> str:
+    """A stage's current state in a few words; earlier attempts are in the events."""
+    status = stage.status.value
+    if status == "pending" and stage.error_message:
+        return f"attempt {stage.attempts} failed: {stage.error_message}"
+    if status in ("passed", "running"):
+        return ""
+    return stage.reason or stage.error_message or ""
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
@@ -189,23 +227,27 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if not isinstance(value, dict):
-            table.add_row(key, number(value, 6))
+        if not isinstance(value, dict | list):  # per-fold rows and DSR inputs: see report
+            add_row(table, key, number(value, 6))
     return table
 
 
 def report_view(report: dict[str, Any]) -> Group:
     """`pipeline report`: counts, then one row per trial, best first."""
     counts = "   ".join(f"{k} {v}" for k, v in sorted(report["counts"].items()))
-    table = Table(title=f"trials ranked by {report['rank_by']}", box=None)
-    for column in ("trial", "status", "bt sharpe", "DSR", "bt maxDD", "stress win%",
+    table = Table(title=Text(f"trials ranked by {report['rank_by']}"), box=None)
+    # The trial is what a user types next: never cut it; the reason gives way instead.
+    widest = max((len(row["trial"]) for row in report["trials"]), default=5)
+    table.add_column("trial", no_wrap=True, min_width=widest)
+    for column in ("status", "bt sharpe", "DSR", "bt maxDD", "stress win%",
                    "paper ret", "paper sharpe"):
         table.add_column(column, no_wrap=True)
     table.add_column("why", overflow="ellipsis", no_wrap=True, max_width=48)
     for row in report["trials"]:
         bt, st, pp = row.get("backtest") or {}, row.get("stress") or {}, row.get("paper") or {}
         win = st.get("profitable_fraction")
-        table.add_row(
+        add_row(
+            table,
             row["trial"], styled(row["status"]), number(bt.get("sharpe"), 3),
             number(bt.get("deflated_sharpe"), 3), number(bt.get("max_drawdown"), 3),
             "-" if win is None else f"{100 * win:.0f}%", number(pp.get("total_return"), 3),

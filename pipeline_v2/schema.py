@@ -1,16 +1,59 @@
-"""The state DB's schema as sqlite-utils migrations. Append new migrations; never edit old ones."""
+"""The state DB's schema as sqlite-utils migrations. Append new migrations; never edit old ones.
+
+sqlite-utils is imported only to apply pending migrations: importing it pulls pandas and numpy
+when they are installed, and a read-only command on an up-to-date DB needs neither.
+"""
 
 from __future__ import annotations
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
+import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
 
 MIGRATION_SET = "pipeline_v2"
-migrations = Migrations(MIGRATION_SET)
+MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite-utils' own bookkeeping table
+Migration = Callable[["Database"], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migrations() -> Callable[[Migration], Migration]:
+    """`@migrations()`: register a migration, in order (the shape of sqlite-utils' decorator)."""
+
+    def register(fn: Migration) -> Migration:
+        MIGRATIONS.append(fn)
+        return fn
+
+    return register
+
+
+def migration_set() -> Migrations:
+    """The sqlite-utils migration set, built on demand."""
+    from sqlite_utils.migrations import Migrations
+
+    found = Migrations(MIGRATION_SET)
+    for fn in MIGRATIONS:
+        found()(fn)
+    return found
+
+
+def applied_names(conn: sqlite3.Connection) -> list[str]:
+    """Names of the migrations applied to this DB, oldest first (read without sqlite-utils)."""
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                          [MIGRATIONS_TABLE]).fetchone()
+    if exists is None:
+        return []
+    rows = conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ?"
+                        " ORDER BY rowid", [MIGRATION_SET]).fetchall()
+    return [row[0] for row in rows]
 
 
 @migrations()
 def m001_trials_and_stages(db: Database) -> None:
+    """Trials, their stages, health and settings."""
     db.executescript(
         """
         CREATE TABLE trials (
@@ -73,6 +116,7 @@ def m001_trials_and_stages(db: Database) -> None:
 
 @migrations()
 def m002_events_outbox_cursors(db: Database) -> None:
+    """The events audit trail, the notification outbox and discovery cursors."""
     db.executescript(
         """
         CREATE TABLE events (
@@ -115,6 +159,7 @@ def m002_events_outbox_cursors(db: Database) -> None:
 
 @migrations()
 def m003_deployments(db: Database) -> None:
+    """Supervised paper-trading deployments."""
     db.executescript(
         """
         CREATE TABLE deployments (
@@ -142,6 +187,85 @@ def m003_deployments(db: Database) -> None:
     )
 
 
+@migrations()
+def m004_deployments_kill_at(db: Database) -> None:
+    """A stopping trader's SIGKILL deadline gets its own column (was `next_start_at`)."""
+    db.executescript(
+        """
+        ALTER TABLE deployments ADD COLUMN kill_at REAL;  -- stopping: when to SIGKILL
+        UPDATE deployments SET kill_at = next_start_at, next_start_at = NULL
+            WHERE status = 'stopping';
+        """
+    )
+
+
+@migrations()
+def m005_one_live_deployment_per_trial(db: Database) -> None:
+    """One live deployment per trial, enforced; older versions could leave two: keep the newest."""
+    db.executescript(
+        """
+        UPDATE deployments SET status = 'stopped',
+            reason = 'superseded: a newer deployment of this trial was live (migration 005)'
+        WHERE status IN ('starting', 'running', 'stopping', 'backoff', 'crashed')
+          AND id < (SELECT MAX(d.id) FROM deployments d WHERE d.trial_id = deployments.trial_id
+                    AND d.status IN ('starting', 'running', 'stopping', 'backoff', 'crashed'));
+        CREATE UNIQUE INDEX deployments_one_live ON deployments (trial_id)
+            WHERE status IN ('starting', 'running', 'stopping', 'backoff', 'crashed');
+        """
+    )
+
+
+@migrations()
+def m006_pins_and_handovers(db: Database) -> None:
+    """Pins (deployed by hand) and handovers (a replacement proves it starts first)."""
+    db.executescript(
+        """
+        -- deployed by hand: automatic promotion never displaces it until it is stopped by hand
+        ALTER TABLE trials ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+        -- the trial this deployment takes over from once it has proven it starts
+        ALTER TABLE deployments ADD COLUMN replaces INTEGER;
+        """
+    )
+
+
+@migrations()
+def m007_stage_processes(db: Database) -> None:
+    """The process group an attempt runs in (a command's, or its worker's), written right after
+    its spawn, so a daemon started after a crash kills what is left before requeueing."""
+    db.executescript(
+        """
+        ALTER TABLE stages ADD COLUMN proc_pid INTEGER;
+        ALTER TABLE stages ADD COLUMN proc_create_time REAL;
+        ALTER TABLE stages ADD COLUMN proc_boot_id TEXT;
+        """
+    )
+
+
+@migrations()
+def m008_perf_indexes(db: Database) -> None:
+    """Stage counts by (name, status) read from an index alone; passed trials by value."""
+    db.executescript(
+        """
+        CREATE INDEX stages_name_status ON stages (stage_name, status, trial_id);
+        CREATE INDEX trials_status_value ON trials (status, value);
+        """
+    )
+
+
+@migrations()
+def m009_browse_indexes(db: Database) -> None:
+    """Indexes for the dashboard: filter and sort 100,000 trials, the retry queue."""
+    db.executescript(
+        """
+        CREATE INDEX trials_study ON trials (study, id);
+        CREATE INDEX trials_value ON trials (value);
+        CREATE INDEX trials_updated ON trials (updated_at);
+        CREATE INDEX trials_stage_pos ON trials (stage_pos, id);
+        CREATE INDEX stages_retry ON stages (next_attempt_at) WHERE next_attempt_at IS NOT NULL;
+        """
+    )
+
+
 def known_migrations() -> list[str]:
     """Every migration this version knows, in order."""
-    return [m.name for m in migrations.pending(Database(memory=True))]
+    return [fn.__name__ for fn in MIGRATIONS]

@@ -4,7 +4,15 @@
 The daemon may restart while traders keep running; a restarted daemon is not their parent and
 cannot learn their exit status. The shim is: it starts the trader, becomes a child subreaper so
 forked grandchildren are reaped too, ignores the stop signals aimed at the process group (the
-trader handles them), writes the trader's exit code to EXIT_FILE and exits with it.
+trader handles them), writes the trader's exit code to EXIT_FILE and exits with it. Before it
+exits it ends every descendant still alive — SIGTERM, a short grace, SIGKILL — including those
+that left the process group or session (as a subreaper, orphans become its own children).
+
+One trader per run dir, by construction: the shim first takes an exclusive flock on
+`run_dir/shim.lock` (run_dir = EXIT_FILE's folder) and writes its pid there; the trader inherits
+the lock, so it is held while anything of this trader lives. A second shim for the same run dir
+exits with BUSY_EXIT (75) without starting anything, and a restarted daemon finds a live shim
+by probing the lock.
 
 It also owns the trader's log: the trader's stdout and stderr are a pipe the shim copies into
 LOG_FILE, rotating it by size (LOG_FILE.1 .. LOG_FILE.BACKUPS) by rename and reopen — the
@@ -14,6 +22,7 @@ Imports are kept to the standard minimum so each shim costs a few MB.
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import select
 import signal
@@ -23,6 +32,66 @@ import time
 PR_SET_CHILD_SUBREAPER = 36
 LEFTOVER_GRACE_S = 5.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+LOCK_NAME = "shim.lock"
+BUSY_EXIT = 75  # EX_TEMPFAIL: another shim owns this run dir; nothing was started
+LOCK_WAIT_S = 0.5  # a daemon probing the lock holds it for microseconds: outwait that
+
+
+def take_lock(path: str) -> int | None:
+    """An exclusive flock on `path` with our pid written in it, or None if another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.set_inheritable(fd, True)  # the trader holds it too: the lock lives as long as it does
+    return fd
+
+
+def lock_holder(path: str) -> str:
+    """The pid written in a held lock file (for the message)."""
+    try:
+        with open(path) as fh:
+            return fh.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of `root`, from /proc (the shim imports nothing but the stdlib)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # the command name may hold anything
+        if fields and fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def signal_descendants(sig: int) -> None:
+    """Signal each descendant by pid: setsid'd ones are in no group we could name."""
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 class RotatingLog:
@@ -61,6 +130,7 @@ class RotatingLog:
             self.size += len(data)
 
     def rotate(self) -> None:
+        """Start a new log file, keeping the last backups."""
         os.close(self.fd)
         for i in range(self.backups - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
@@ -74,11 +144,17 @@ class RotatingLog:
 
 
 def main(argv: list[str]) -> int:
+    """Run the command, record its exit code, pass on signals."""
     if len(argv) < 6 or argv[4] != "--":
         sys.stderr.write("usage: shim.py EXIT_FILE LOG_FILE MAX_BYTES BACKUPS -- COMMAND...\n")
         return 2
     exit_file, log_file, max_bytes, backups, command = (
         argv[0], argv[1], int(argv[2]), int(argv[3]), argv[5:])
+    lock_path = os.path.join(os.path.dirname(os.path.abspath(exit_file)), LOCK_NAME)
+    if take_lock(lock_path) is None:
+        sys.stderr.write(f"pipeline shim: {lock_path} is held by pid {lock_holder(lock_path)}: "
+                         "a trader already runs in this run dir; not starting another\n")
+        return BUSY_EXIT
     log = RotatingLog(log_file, max_bytes, backups)
     with contextlib.suppress(OSError, AttributeError):  # elsewhere init reaps grandchildren
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -102,6 +178,7 @@ def main(argv: list[str]) -> int:
         for fd in (out_r, out_w, wake_r, wake_w):
             os.close(fd)
         try:
+            os.chdir(os.environ.pop("PIPELINE_SHIM_CWD", None) or ".")  # the trader's cwd
             os.execvp(command[0], command)
         except OSError as exc:
             os.write(2, f"pipeline shim: cannot start {command[0]!r}: {exc}\n".encode())
@@ -135,7 +212,7 @@ def main(argv: list[str]) -> int:
                     fh.write(str(code))
                 os.replace(tmp, exit_file)
                 deadline = time.monotonic() + LEFTOVER_GRACE_S
-                os.killpg(0, signal.SIGTERM)  # leftovers the trader forked: ask them to go
+                signal_descendants(signal.SIGTERM)  # leftovers the trader forked: ask them to go
         if code is not None:
             if child == -1 and not pipe_open:
                 break
@@ -143,7 +220,7 @@ def main(argv: list[str]) -> int:
                 break  # nobody is left to write
             if time.monotonic() > deadline:
                 log.flush()
-                os.killpg(0, signal.SIGKILL)
+                signal_descendants(signal.SIGKILL)  # never the shim itself: it must reap them
     log.flush()
     if code is None:
         return 1

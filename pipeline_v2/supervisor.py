@@ -2,20 +2,29 @@
 boot id), watch its exit through a pidfd, stop its whole process group, re-adopt it later.
 
 Each trader runs under `shim.py`, which records its exit code in `run_dir/exit_code`,
-so a daemon that restarted (and so is not the parent) still learns how a trader ended.
+so a daemon that restarted (and so is not the parent) still learns how a trader ended, and
+which holds `run_dir/shim.lock` while its trader lives: a second trader for one run dir cannot
+start, and the lock names the live shim to a daemon that lost track of it.
+
+Nothing is signalled on a recorded pid alone: a process is ours only if its (pid, create time,
+boot id) match and it is the shim of that very run dir (`is_ours`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from pipeline_v2 import processes
 
 EXIT_FILE = "exit_code"
 LOG_FILE = "paper.log"
@@ -26,6 +35,8 @@ LOG_BACKUPS = 5
 CREATE_TIME_TOLERANCE_S = 0.05
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 SHIM = str(Path(__file__).with_name("shim.py"))
+LOCK_FILE = "shim.lock"
+SHIM_BUSY = 75  # shim.BUSY_EXIT: another shim holds the run dir's lock; nothing was started
 
 
 def boot_id() -> str:
@@ -65,12 +76,79 @@ def is_alive(identity: Identity) -> bool:
 
 def signal_group(identity: Identity, sig: int) -> bool:
     """Signal the process group this process leads — only after checking its identity."""
+    return is_alive(identity) and processes.signal_group(identity.pid, sig)
+
+
+def is_ours(identity: Identity, run_dir: Path) -> bool:
+    """True only for a live shim we started for this run dir: identity, then its command line
+    (a forged or stale row may name a live process with a matching create time)."""
     if not is_alive(identity):
         return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(identity.pid, sig)
-        return True
-    return False
+    try:
+        cmdline = psutil.Process(identity.pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return SHIM in cmdline[:4] and str(run_dir / EXIT_FILE) in cmdline[:6]
+
+
+def signal_trader(identity: Identity, run_dir: Path, sig: int) -> bool:
+    """Signal a trader's process group, only if its shim is ours (the shim ignores stop signals;
+    the trader handles them)."""
+    return is_ours(identity, run_dir) and signal_group(identity, sig)
+
+
+def kill_trader(identity: Identity, run_dir: Path, shim_too: bool = False) -> bool:
+    """SIGKILL every descendant of our shim, wherever its session or group; the shim then reaps
+    them and exits with the trader's status. `shim_too`: the last resort, the shim as well."""
+    if not is_ours(identity, run_dir):
+        return False
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        for proc in psutil.Process(identity.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                proc.kill()
+    if shim_too:
+        signal_group(identity, signal.SIGKILL)
+    return True
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid written in the run dir's shim lock if a process holds that lock, else None.
+
+    The probe holds a shared lock for microseconds; a shim starting at that instant waits."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def shim_for(recorded: Identity | None, run_dir: Path) -> Identity | None:
+    """A deployment's live shim: the recorded one if still ours, else the run dir's lock holder
+    (a daemon may have died between the spawn and recording it)."""
+    if recorded is not None and is_ours(recorded, run_dir):
+        return recorded
+    return find_shim(run_dir)
+
+
+def find_shim(run_dir: Path) -> Identity | None:
+    """The live shim that holds this run dir's lock, if it is ours."""
+    pid = lock_holder(run_dir)
+    if not pid:
+        return None
+    try:
+        identity = identify(pid)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return identity if is_ours(identity, run_dir) else None
 
 
 @dataclass
@@ -96,9 +174,10 @@ class Supervisor:
 
     def spawn(self, deployment_id: int, argv: list[str], run_dir: Path,
               env: dict[str, str] | None = None, log_max_bytes: int = LOG_MAX_BYTES,
-              log_backups: int = LOG_BACKUPS) -> Identity:
-        """Start `argv` (no shell) under the shim, in a new session, logging to paper.log
-        (rotated by the shim at `log_max_bytes`, keeping `log_backups` old files)."""
+              log_backups: int = LOG_BACKUPS, cwd: Path | None = None) -> Identity:
+        """Start `argv` (no shell) under the shim, in a new session, in `cwd` (the shim
+        enters it), logging to paper.log (rotated by the shim at `log_max_bytes`, keeping
+        `log_backups` old files)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         # -I -S and a file path rather than -m: the shim imports nothing of ours or of site,
         # so each costs the least memory a Python can.
@@ -111,7 +190,9 @@ class Supervisor:
             # posix_spawn rather than Popen: the process must outlive this daemon, and there
             # is no Popen object to warn about that when the daemon exits.
             pid = os.posix_spawn(
-                command[0], command, dict(env or os.environ, PIPELINE_RUN_DIR=str(run_dir)),
+                command[0], command,
+                dict(env or os.environ, PIPELINE_RUN_DIR=str(run_dir),
+                     PIPELINE_SHIM_CWD=str(cwd or os.getcwd())),
                 file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, log, 1),
                               (os.POSIX_SPAWN_DUP2, log, 2)],
                 setsid=True,
@@ -124,8 +205,8 @@ class Supervisor:
         return identity
 
     def adopt(self, deployment_id: int, identity: Identity, run_dir: Path) -> bool:
-        """Watch a process started by an earlier daemon, if it is still that process."""
-        if not is_alive(identity):
+        """Watch a shim started by an earlier daemon, if it is still that shim of that run dir."""
+        if not is_ours(identity, run_dir):
             return False
         self._watch(Watched(deployment_id, identity, run_dir))
         return True
@@ -146,11 +227,15 @@ class Supervisor:
             if watched.is_child:
                 try:
                     pid, status = os.waitpid(watched.identity.pid, os.WNOHANG)
-                except ChildProcessError:
-                    pid, status = watched.identity.pid, 0
+                except ChildProcessError:  # reaped elsewhere: only its exit file can tell
+                    pid, status = watched.identity.pid, None
                 if pid == 0:
                     continue
-                watched.status = os.waitstatus_to_exitcode(status)
+                watched.status = None if status is None else os.waitstatus_to_exitcode(status)
+                if watched.status == SHIM_BUSY:  # its exit file belongs to the other shim
+                    self._forget(watched)
+                    done.append((deployment_id, SHIM_BUSY))
+                    continue
             elif is_alive(watched.identity):
                 continue
             done.append((deployment_id, self._forget(watched)))
@@ -169,6 +254,9 @@ class Supervisor:
         """Stop watching without touching the process (the daemon is leaving it running)."""
         watched = self.watched.get(deployment_id)
         if watched is not None:
+            if watched.is_child:  # reap it if it has ended, so no zombie lingers
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(watched.identity.pid, os.WNOHANG)
             if watched.pidfd is not None:
                 if self.selector is not None:
                     with contextlib.suppress(KeyError, ValueError):

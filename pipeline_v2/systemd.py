@@ -1,4 +1,4 @@
-"""sd_notify without a dependency: READY=1, WATCHDOG=1 and STOPPING=1 over $NOTIFY_SOCKET."""
+"""sd_notify without a dependency: READY, WATCHDOG, STATUS, RELOADING, STOPPING."""
 
 from __future__ import annotations
 

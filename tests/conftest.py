@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from pipeline_v2.cli import app
 from pipeline_v2.config import Config, load_config
+from tests.optuna_helpers import FILE_KINDS, STORAGE_KINDS, Storage, file_storage
+from tests.servers import server_database
 
 
 @pytest.fixture
@@ -43,3 +45,31 @@ def write_config(tmp_path: Path) -> Callable[..., Config]:
         return load_config(path)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def postgresql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A fresh PostgreSQL database for this session, or skip saying why there is none."""
+    with server_database("postgresql", tmp_path_factory.mktemp("servers")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mysql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A fresh MariaDB/MySQL database for this session, or skip saying why there is none."""
+    with server_database("mysql", tmp_path_factory.mktemp("servers")) as server:
+        yield server
+
+
+@pytest.fixture(params=STORAGE_KINDS)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """Each storage kind in turn: a file in tmp_path, or an emptied server database."""
+    kind = request.param
+    if kind in FILE_KINDS:
+        return file_storage(kind, tmp_path)
+    server = request.getfixturevalue(f"{kind}_server")
+    if isinstance(server, str):
+        pytest.skip(server)
+    server.reset()
+    missing = server.reader.rsplit("/", 1)[0] + "/pv2_no_such_db"
+    return Storage(kind, server.writer, server.reader, missing)

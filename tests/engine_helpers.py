@@ -11,26 +11,26 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_v2.config import load_config
-from pipeline_v2.control import open_store
 from pipeline_v2.daemon import Daemon, RunSummary
-from pipeline_v2.store import Store
+from pipeline_v2.store import Store, open_store
 from tests.optuna_helpers import make_study
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = "tests.fixtures.stages"
 
 
-def workspace(tmp_path: Path, stages: dict[str, Any], trials: int = 1, **extra: Any) -> Path:
+def workspace(tmp_path: Path, stages: dict[str, Any], trials: int = 1, study_name: str = "s",
+              **extra: Any) -> Path:
     """A folder with an Optuna study of `trials` COMPLETE trials (x = 1..n) and a config."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = make_study(url, "s")
+    study = make_study(url, study_name)
     for i in range(trials):
         study.enqueue_trial({"x": i + 1})
         trial = study.ask()
         trial.suggest_int("x", 0, 100)
         study.tell(trial, float(i))
     raw = {
-        "optuna": {"storage": url, "studies": ["s"]},
+        "optuna": {"storage": url, "studies": [study_name]},
         "daemon": {"check_interval": 0.2, "workers": 2, "http": None},
         "retry": {"delays": [0.01]},
         "stages": stages,

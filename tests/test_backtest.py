@@ -267,6 +267,10 @@ BAD_DATA = [
     (GOOD.replace("2021-01-06", "2021-01-02"),
      "data row 6: timestamp 2021-01-02T00:00:00 is before the previous one "
      "(2021-01-05T00:00:00); expected increasing times"),
+    ("open,high,low,close\n" + "".join(f"{100 + d},{102 + d},{99 + d},{101 + d}\n"
+                                       for d in range(28)),
+     "no date column (expected one named date, time, datetime, timestamp, or an unnamed first "
+     "column as pandas writes it; found open, high, low, close)"),
 ]
 
 
@@ -290,6 +294,11 @@ def test_bad_data_is_one_clear_line(invoke, tmp_path: Path, text: str, message: 
      "sma_cross: fast (9) must be smaller than slow (5)"),
     (["--strategy", "sma_cross", "--param", "fast", "--param", "slow=5"],
      '--param: expected key=value, got "fast"'),
+    # these named the engine's "start" / "end", not the option
+    (["--strategy", "sma_cross", "--param", "fast=2", "--param", "slow=5", "--start", "soon"],
+     '--start: expected a date like "2021-06-30", got "soon"'),
+    (["--strategy", "sma_cross", "--param", "fast=2", "--param", "slow=5", "--end", "2021-13-01"],
+     '--end: expected a date like "2021-06-30", got "2021-13-01"'),
 ])
 def test_bad_strategy_input(invoke, tmp_path: Path, args: list[str], message: str) -> None:
     result = invoke("backtest", "--data", str(write(tmp_path, GOOD)), *args)
@@ -317,3 +326,37 @@ def test_adhoc_json_has_the_gate_metric_names(invoke) -> None:
     assert {"total_return", "cagr", "sharpe", "sortino", "calmar", "max_drawdown", "win_rate",
             "profit_factor", "expectancy", "trades", "exposure"} <= set(data)
     assert data["trades"] == 46
+
+
+def test_indicators_warm_up_on_the_bars_before_the_window(tmp_path: Path) -> None:
+    from pipeline_v2 import control
+    from pipeline_v2.backtest import metrics
+    from pipeline_v2.backtest.data import save_csv
+    from pipeline_v2.backtest.engine import simulate
+    from pipeline_v2.backtest.synthetic import regime_bars
+
+    bars = regime_bars(600, 0)
+    path = tmp_path / "prices.csv"
+    save_csv(bars, path)
+    params = {"fast": 20, "slow": 240}
+    start, end = str(bars.time[300])[:10], str(bars.time[539])[:10]
+    lo, hi = 300, 539
+    assert len(bars.window(start, end)) == 239  # fewer than slow=240: only history helps
+    got = control.backtest_adhoc(path, "sma_cross", params, 0.0, 0.0, start, end)
+    # The signals are those of the whole history; trading happens inside the window only.
+    window = bars.slice(lo, hi)
+    run = simulate(window, positions(bars.slice(0, hi), "sma_cross", params)[lo:], 0.0, 0.0)
+    assert got == metrics.compute(run, metrics.periods_per_year(window.time))
+    assert got["exposure"] > 0
+    with pytest.raises(Exception, match=r"239 bars \(and 1 before the window\) are too few"):
+        control.backtest_adhoc(path, "sma_cross", params, 0.0, 0.0, str(bars.time[1])[:10],
+                               str(bars.time[240])[:10])
+
+
+def test_the_package_declares_its_license_as_an_spdx_string() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml")
+                            .read_text())
+    assert project["project"]["license"] == "MIT"  # a table is deprecated: install warns
+    assert "setuptools>=77" in project["build-system"]["requires"]

@@ -68,7 +68,7 @@ def test_trials_rejects_an_unknown_status(invoke) -> None:
 def test_show_unknown_trial_lists_what_exists(invoke) -> None:
     invoke("init")
     result = invoke("show", "5")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr == (
         'error: no trial "5"; the state DB has no trials yet (run "pipeline discover")\n'
     )
@@ -119,3 +119,48 @@ def test_python_dash_m(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert "Usage: pipeline" in result.stdout
+
+
+def test_status_watch_prints_a_snapshot_per_interval_when_piped(invoke, tmp_path) -> None:
+    import json
+    import select
+    import subprocess
+    import sys
+    import time
+
+    invoke("init")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline_v2", "status", "--watch", "--json",
+                             "--interval", "0.1"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 15
+    try:
+        while len(lines) < 3 and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                lines.append(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert [json.loads(line)["pipeline"] for line in lines] == ["down"] * 3
+
+
+def test_all_flags_say_what_they_do(invoke) -> None:
+    stop = invoke("stop", "--help").stdout
+    assert "pipeline itself" not in stop and "Stop every deployed trader" in " ".join(
+        stop.split())
+    pause = " ".join(invoke("pause", "--help").stdout.split())
+    assert "Pause the whole pipeline" in pause and "trials keep their status" in pause
+
+
+def test_the_report_never_cuts_the_trial_at_80_columns() -> None:
+    from rich.console import Console
+
+    from pipeline_v2 import render
+
+    row = {"trial": "momentum_family_2024:1234", "status": "validated", "reason": "x" * 60,
+           "backtest": {"sharpe": 1.23456, "deflated_sharpe": 0.9, "max_drawdown": 0.1},
+           "stress": {"profitable_fraction": 0.5}, "paper": {"total_return": 0.1, "sharpe": 1}}
+    console = Console(width=80, record=True, color_system=None)
+    console.print(render.report_view({"rank_by": "backtest.sharpe", "counts": {"validated": 1},
+                                      "trials": [row]}))
+    assert "momentum_family_2024:1234" in console.export_text()

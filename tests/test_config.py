@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_v2.config import Config, load_config, parse_duration
+from pipeline_v2.errors import ConfigError
 
 
 def test_defaults_are_the_seed_values() -> None:
@@ -64,6 +65,40 @@ def test_durations(value: str | int, seconds: float) -> None:
     assert parse_duration(value) == seconds
 
 
+def test_every_seconds_field_takes_a_duration_and_gates_take_ranges() -> None:
+    from pipeline_v2.config import parse_config
+
+    config = parse_config({
+        "daemon": {"check_interval": "5m", "health_check_interval": "1m"},
+        "retry": {"delays": ["5s", "1m", "1h"]},
+        "stages": {"backtest": {"run": "m:f", "timeout_seconds": "2m",
+                                "gates": {"sharpe": ">= 1.0 and < 3"}},
+                   "deploy": {"stop_grace_seconds": "10s", "heartbeat_timeout": "2m",
+                              "restart": {"backoff": ["1s", "1m"], "window_seconds": "1m"}}},
+    })
+    assert (config.daemon.check_interval, config.daemon.health_check_interval) == (300, 60)
+    assert config.retry.delays == [5, 60, 3600]
+    deploy = config.stages["deploy"]
+    assert (deploy.stop_grace_seconds, deploy.heartbeat_timeout) == (10, 120)
+    assert (deploy.restart.backoff, deploy.restart.window_seconds) == ([1, 60], 60)
+    assert config.stages["backtest"].timeout_seconds == 120
+    gates = config.stages["backtest"].parsed_gates
+    assert [str(g) for g in gates] == ["sharpe >= 1.0", "sharpe < 3.0"]
+    from pipeline_v2.gates import evaluate_gates
+
+    assert evaluate_gates(gates, {"sharpe": 2.0}) == []
+    assert evaluate_gates(gates, {"sharpe": 3.5}) == ["sharpe 3.5 >= 3.0"]
+
+
+def test_yaml_stages_run_in_file_order(tmp_path: Path) -> None:
+    from pipeline_v2.config import load_config
+
+    path = tmp_path / "stages.yaml"
+    path.write_text("stages:\n  zeta:\n    run: m:f\n  alpha:\n    run: m:f\n"
+                    "  deploy:\n    rank_by: zeta.sharpe\n")
+    assert list(load_config(path).stages) == ["zeta", "alpha", "deploy"]
+
+
 BAD = [
     (
         {"stages": {"deploy": {"max_atempts": 2}}},
@@ -89,7 +124,39 @@ BAD = [
     (
         {"stages": {"backtest": {"run": "m:f", "gates": {"sharpe": "=> 1.0"}}}},
         'stages.backtest.gates.sharpe: unknown operator "=>" in "=> 1.0" '
-        "(expected one of >= <= > < == != followed by a number)",
+        '(expected one of >= <= > < == != followed by a number, or bounds joined by "and", '
+        'e.g. ">= 1.0 and < 3")',
+    ),
+    (
+        {"stages": {"backtest": {"run": "m:f", "gates": {"sharpe": ">= 1.0 or < 3"}}}},
+        'stages.backtest.gates.sharpe: cannot read ">= 1.0 or < 3" (expected one of >= <= > < '
+        '== != followed by a number, or bounds joined by "and", e.g. ">= 1.0 and < 3")',
+    ),
+    (
+        {"stages": {"backtest": {"run": "m:f", "gates": {"foo.sharpe": ">= 1"}}}},
+        'stages.backtest.gates.foo.sharpe: unknown stage "foo"; a gate reads this stage\'s '
+        "metrics or STAGE.METRIC of an earlier stage (earlier stages: none)",
+    ),
+    (
+        {"stages": {"backtest": {"run": "m:f", "gates": {"deploy.sharpe": ">= 1"}},
+                    "deploy": {}}},
+        'stages.backtest.gates.deploy.sharpe: stage "deploy" does not run before backtest; a '
+        "gate reads this stage's metrics or STAGE.METRIC of an earlier stage (earlier stages: "
+        "none)",
+    ),
+    (
+        {"stages": {"backtest": {"run": "m:f"}, "deploy": {"rank_by": "nosuchstage.sharpe"}}},
+        'stages.deploy.rank_by: expected "value" or STAGE.METRIC of an earlier stage '
+        '(backtest), got "nosuchstage.sharpe"',
+    ),
+    (
+        {"stages": {"deploy": {}, "backtest": {"run": "m:f"}}},
+        "stages.deploy: a deploy stage must be the last stage (stages run in file order: "
+        "deploy, backtest)",
+    ),
+    (
+        {"daemon": {"check_interval": "5 minutes"}},
+        'daemon.check_interval: expected a duration like 30s, 15m, 2h or 7d, got "5 minutes"',
     ),
     (
         {"stages": {"deploy": {"evaluate_after": "a week"}}},
@@ -191,3 +258,14 @@ def test_the_shipped_stages_json_is_the_default() -> None:
     shipped = Path(__file__).resolve().parent.parent / "stages.json"
     assert json.loads(shipped.read_text()) == Config().to_json()
     assert load_config(shipped).to_json() == Config().to_json()
+
+
+def test_executor_is_local_or_a_scheduler_address(write_config) -> None:
+    assert Config().daemon.executor == "local"
+    assert write_config({"daemon": {"executor": "tcp://10.0.0.5:8786"}}).daemon.executor == (
+        "tcp://10.0.0.5:8786")
+    with pytest.raises(ConfigError) as caught:
+        write_config({"daemon": {"executor": "dask"}})
+    assert str(caught.value).endswith(
+        'stages.json: daemon.executor: expected "local" or a Dask scheduler address like '
+        '"tcp://host:8786", got "dask"')

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import psutil
 
 from pipeline_v2.config import load_config
-from pipeline_v2.control import open_store
 from pipeline_v2.models import TrialStatus
+from pipeline_v2.store import open_store
 
 
 def test_demo_builds_and_runs_to_idle(invoke, tmp_path: Path) -> None:
@@ -28,6 +29,11 @@ def test_demo_builds_and_runs_to_idle(invoke, tmp_path: Path) -> None:
         assert dep.status.value == "exited"
         assert not psutil.pid_exists(dep.pid) or psutil.Process(dep.pid).status() == "zombie"
     assert "trials ranked by backtest.sharpe" in result.stdout
+    assert "probability of backtest overfitting" in result.stdout  # and the best trial's rules:
+    assert "recommendation: " in result.stdout and "walk-forward folds" in result.stdout
+    for page in (tmp_path / "ws").glob("report*.html"):
+        ET.fromstring(page.read_text())
+    assert len(list((tmp_path / "ws").glob("report*.html"))) == 2
     model = json.loads((tmp_path / "ws" / "models" / "trial_0" / "model.json").read_text())
     assert model["strategy"] in ("sma_cross", "mean_reversion")
     again = invoke("backtest", validated[0].ref, "--config", str(config.source), "--json")

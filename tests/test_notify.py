@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -77,3 +78,30 @@ def test_no_outbox_without_a_destination(tmp_path: Path) -> None:
     path = workspace(tmp_path, FAILING)
     run(path)
     assert store_for(path).db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+
+
+def test_until_idle_waits_for_the_outbox(tmp_path: Path) -> None:
+    received: list[dict] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            time.sleep(0.08)  # slower than the pipeline: the outbox is still full at idle
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        path = workspace(tmp_path, FAILING, trials=25, notify={"webhook": url})
+        assert run(path).idle
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(received) == 25
+    outbox = store_for(path).db.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status")
+    assert [tuple(r) for r in outbox.fetchall()] == [("delivered", 25)]

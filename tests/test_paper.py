@@ -133,3 +133,16 @@ def test_a_failing_broker_flattens_and_exits_3(tmp_path: Path) -> None:
     assert result.stderr == ("paper: the broker kept failing; position flattened, stopping "
                              "with exit code 3\n")
     assert state(tmp_path / "run")["units"] == 0
+
+
+def test_stdout_lines_carry_a_timestamp_for_pipeline_logs(tmp_path: Path) -> None:
+    # Untimed, `pipeline logs TRIAL` showed paper_stopped at the trader's start time, before
+    # the deployment's first heartbeat.
+    from pipeline_v2.logview import parse_line
+
+    result = subprocess.run(trader_cmd(model(tmp_path), tmp_path / "run"),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [parse_line(line, "trader") for line in result.stdout.splitlines()]
+    assert [line.data["event"] for line in lines] == ["paper_started", "paper_stopped"]
+    assert all(line.ts is not None for line in lines) and lines[0].ts <= lines[1].ts

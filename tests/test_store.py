@@ -100,7 +100,7 @@ def test_a_claim_counts_once(tmp_path: Path) -> None:
 def test_migrations_upgrade_an_existing_db_keeping_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = Database(path)
-    schema.migrations.apply(db, stop_before="m003_deployments")
+    schema.migration_set().apply(db, stop_before="m003_deployments")
     db.execute(
         "INSERT INTO trials (study, trial_number, status, created_at, updated_at)"
         " VALUES ('s', 7, 'pending', 1, 1)"
@@ -109,14 +109,37 @@ def test_migrations_upgrade_an_existing_db_keeping_its_rows(tmp_path: Path) -> N
     store = Store(path)
     assert "deployments" in store.db.table_names()
     assert [t.ref for t in store.list_trials()] == ["s:7"]
-    applied = [m.name for m in schema.migrations.applied(store.db)]
+    applied = [m.name for m in schema.migration_set().applied(store.db)]
     assert applied == schema.known_migrations()
+
+
+def test_a_stopping_deployment_keeps_its_kill_deadline_across_the_kill_at_migration(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    db = Database(path)
+    schema.migration_set().apply(db, stop_before="m004_deployments_kill_at")
+    db.execute(
+        "INSERT INTO trials (study, trial_number, status, created_at, updated_at)"
+        " VALUES ('s', 7, 'deployed', 1, 1)"
+    )
+    for status, due in (("stopping", 42.0), ("backoff", 43.0)):
+        db.execute(
+            "INSERT INTO deployments (trial_id, status, run_dir, next_start_at, updated_at)"
+            " VALUES (1, ?, 'r', ?, 1)", [status, due]
+        )
+    db.conn.commit()
+    db.conn.close()
+    store = Store(path)
+    stopping, backoff = (store.get_deployment(i) for i in (1, 2))
+    assert (stopping.kill_at, stopping.next_start_at) == (42.0, None)
+    assert (backoff.kill_at, backoff.next_start_at) == (None, 43.0)
 
 
 def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(tmp_path / "p.db").close()
     store = Store(tmp_path / "p.db")
-    assert len(schema.migrations.applied(store.db)) == len(schema.known_migrations())
+    assert len(schema.migration_set().applied(store.db)) == len(schema.known_migrations())
 
 
 def test_not_sqlite_is_refused_and_left_alone(invoke, tmp_path: Path) -> None:
@@ -162,4 +185,19 @@ def test_processes_opening_a_new_db_at_once_all_succeed(tmp_path: Path) -> None:
     errors = [p.communicate()[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, errors
     store = Store(tmp_path / "new.db")
-    assert len(schema.migrations.applied(store.db)) == len(schema.known_migrations())
+    assert len(schema.migration_set().applied(store.db)) == len(schema.known_migrations())
+
+
+def test_a_refused_transition_names_the_trial_never_an_internal_id(tmp_path: Path) -> None:
+    store = Store(tmp_path / "p.db")
+    for number in range(3):  # row ids and trial numbers differ
+        store.add_trial({"study": "s", "number": number + 5},
+                        [("backtest", StageStatus.PENDING)], 0, 1.0)
+    trial = store.find_trial("6")
+    refused = r"^trial s:6: pending -> validated is not"
+    with pytest.raises(TransitionError, match=refused), store.transaction():
+        store.set_trial_status(trial, TrialStatus.VALIDATED, 2.0)
+    stage = store.stages_of(trial.id)[0]
+    refused = r"^trial s:6 stage backtest: pending -> passed"
+    with pytest.raises(TransitionError, match=refused), store.transaction():
+        store.set_stage_status(stage, StageStatus.PASSED, 2.0)

@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline_v2.backtest import metrics
-from pipeline_v2.backtest.data import Bars, DataError, load_bars
+from pipeline_v2.backtest.data import Bars, load_bars
 from pipeline_v2.backtest.engine import Run, simulate
-from pipeline_v2.backtest.strategies import STRATEGIES, StrategyError, positions
+from pipeline_v2.backtest.errors import DataError, EngineError, StrategyError
+from pipeline_v2.backtest.lookahead import LookAheadError, check_lookahead
+from pipeline_v2.backtest.plugins import Strategy, decide, load_strategy
+from pipeline_v2.backtest.strategies import STRATEGIES
 
 DEFAULT_COMMISSION = 0.0005
 DEFAULT_SLIPPAGE = 0.0005
 
-__all__ = ["Bars", "DataError", "Run", "STRATEGIES", "StrategyError", "backtest", "load_bars"]
+__all__ = ["Bars", "DataError", "EngineError", "LookAheadError", "Run", "STRATEGIES",
+           "Strategy", "StrategyError", "backtest", "load_bars", "load_strategy"]
 
 
 def backtest(
-    bars: Bars, strategy: str, params: dict[str, Any], commission: float = DEFAULT_COMMISSION,
-    slippage: float = DEFAULT_SLIPPAGE, ppy: float | None = None,
+    bars: Bars, strategy: str | Strategy, params: dict[str, Any],
+    commission: float = DEFAULT_COMMISSION, slippage: float = DEFAULT_SLIPPAGE,
+    ppy: float | None = None, trade_from: int = 0, model_dir: Path | str | None = None,
+    lookahead: bool = False,
 ) -> tuple[dict[str, Any], Run]:
-    """Metrics and the run of one strategy on these bars."""
-    target = positions(bars, strategy, params)
-    run = simulate(bars, target, commission, slippage)
-    return metrics.compute(run, ppy or metrics.periods_per_year(bars.time)), run
+    """Metrics and the run of one strategy (a name, or a loaded Strategy) on bars[trade_from:];
+    the bars before only warm up its indicators (`Bars.window_with_history` gives both).
+
+    With `lookahead`, LookAheadError if a position depends on later bars (see lookahead.py).
+    """
+    if isinstance(strategy, str):
+        strategy = load_strategy(strategy, params, model_dir)
+    target = decide(strategy, bars, trade_from)
+    if lookahead:
+        check_lookahead(strategy, bars, target)
+    traded = bars.slice(trade_from, len(bars))
+    run = simulate(traded, target[trade_from:], commission, slippage)
+    return metrics.compute(run, ppy or metrics.periods_per_year(traded.time)), run
 
 
 def deflated_sharpe(run: Run, n_trials: int, sharpe_variance: float) -> float:

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_v2.errors import UsageError
+from pipeline_v2.backtest.errors import DataError
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 TIME_COLUMNS = ("date", "time", "datetime", "timestamp")
-
-
-class DataError(UsageError):
-    """Market data that cannot be backtested: missing columns, bad prices, bad timestamps."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +37,11 @@ class Bars:
 
     def window(self, start: str | None = None, end: str | None = None) -> Bars:
         """Bars with start <= time < end (ISO dates or datetimes; either may be omitted)."""
+        return self.slice(*self.window_bounds(start, end))
+
+    def window_bounds(self, start: str | None = None, end: str | None = None
+                      ) -> tuple[int, int]:
+        """The indices [lo, hi) of `window(start, end)`; at least 2 bars."""
         lo = 0 if start is None else int(np.searchsorted(self.time, _when(start, "start")))
         hi = len(self) if end is None else int(np.searchsorted(self.time, _when(end, "end")))
         if hi - lo < 2:
@@ -48,7 +49,15 @@ class Bars:
                 f"{self.source}: the window start={start!r} end={end!r} holds {max(hi - lo, 0)} "
                 f"bar(s) of {len(self)} ({self.time[0]} .. {self.time[-1]}); expected at least 2"
             )
-        return self.slice(lo, hi)
+        return lo, hi
+
+    def window_with_history(self, start: str | None, end: str | None, history: int
+                            ) -> tuple[Bars, int]:
+        """The window plus up to `history` bars before it (for indicator warm-up), and the
+        index at which the window itself begins."""
+        lo, hi = self.window_bounds(start, end)
+        first = max(0, lo - history)
+        return self.slice(first, hi), lo - first
 
 
 def _when(text: str, name: str) -> np.datetime64:
@@ -118,6 +127,10 @@ def load_bars(path: Path | str) -> Bars:
                         f"(found {', '.join(h or '<unnamed>' for h in header)}; "
                         "expected open, high, low, close, optionally volume, case-insensitive)")
     time_index = next((header.index(c) for c in TIME_COLUMNS if c in header), 0)
+    if header[time_index] in (*PRICE_COLUMNS, "volume"):  # no date column, no index column
+        raise DataError(f"{path}: no date column (expected one named "
+                        f"{', '.join(TIME_COLUMNS)}, or an unnamed first column as pandas "
+                        f"writes it; found {', '.join(header)})")
     body = [r for r in rows[1:] if r]
     try:
         times = _parse_times([r[time_index] for r in body], path, header[time_index])

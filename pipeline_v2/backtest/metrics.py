@@ -9,7 +9,8 @@
 - max_drawdown is a positive fraction: max over time of 1 - equity / running peak.
 - cagr = (final / initial) ^ (periods_per_year / (n - 1)) - 1; calmar = cagr / max_drawdown.
 - win_rate, profit_factor (gross gains / gross losses) and expectancy (mean return) are per
-  closed trade; exposure is the fraction of bars with a position.
+  closed trade; exposure is the mean absolute position held per bar (the fraction of bars
+  with a position, for +1/0/-1 strategies).
 - deflated_sharpe follows Bailey & Lopez de Prado (2014) on per-period Sharpe ratios with
   non-excess kurtosis.
 """
@@ -116,7 +117,7 @@ def compute(run: Run, ppy: float) -> dict[str, float | int]:
         "profit_factor": float(gains / losses) if losses > 0 else (math.inf if gains > 0 else 0.0),
         "expectancy": float(trades.mean()) if len(trades) else 0.0,
         "trades": int(len(trades)),
-        "exposure": float((run.held != 0).mean()),
+        "exposure": float(np.abs(run.held).mean()),
         "final_equity": float(equity[-1]),
         "bars": int(len(equity)),
         "periods_per_year": float(ppy),

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline_v2.backtest.data import DataError
+from pipeline_v2.backtest.errors import DataError
 
 MODEL_FILE = "model.json"
 

@@ -16,12 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline_v2.backtest.data import Bars, DataError
-from pipeline_v2.errors import UsageError
-
-
-class StrategyError(UsageError):
-    """An unknown strategy, an unknown or invalid parameter."""
+from pipeline_v2.backtest.data import Bars
+from pipeline_v2.backtest.errors import DataError, StrategyError
 
 
 @dataclass(frozen=True)
@@ -173,12 +169,20 @@ def _coerce(name: str, key: str, value: Any, spec: Param) -> Any:
     return number
 
 
-def positions(bars: Bars, name: str, params: dict[str, Any]) -> np.ndarray:
-    """Target position per bar for this strategy, after checking there are enough bars."""
+def warmup_of(name: str, params: dict[str, Any]) -> int:
+    """Bars the strategy needs before its first signal."""
+    strategy, clean = resolve(name, params)
+    return int(strategy.warmup(clean))
+
+
+def positions(bars: Bars, name: str, params: dict[str, Any], trade_from: int = 0) -> np.ndarray:
+    """Target position per bar from `trade_from` on; the bars before it only warm up the
+    indicators. Checks there are enough bars in all."""
     strategy, clean = resolve(name, params)
     needed = strategy.warmup(clean)
     if len(bars) < needed:
         shown = ", ".join(f"{k}={v}" for k, v in clean.items())
-        raise DataError(f"{bars.source}: {len(bars)} bars are too few for {name}({shown}); "
-                        f"it needs at least {needed}")
-    return strategy.signal(bars, clean)
+        history = f" (and {trade_from} before the window)" if trade_from else ""
+        raise DataError(f"{bars.source}: {len(bars) - trade_from} bars{history} are too few for "
+                        f"{name}({shown}); it needs at least {needed}")
+    return strategy.signal(bars, clean)[trade_from:]

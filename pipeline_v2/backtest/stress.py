@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,8 +10,8 @@ import numpy as np
 from pipeline_v2.backtest import metrics
 from pipeline_v2.backtest.data import Bars
 from pipeline_v2.backtest.engine import simulate
+from pipeline_v2.backtest.plugins import Strategy, decide, load_strategy
 from pipeline_v2.backtest.scenarios import METHODS, generate
-from pipeline_v2.backtest.strategies import positions, resolve
 
 CATASTROPHIC_RETURN = -0.90
 
@@ -28,23 +29,28 @@ def _summary(sharpes: np.ndarray, returns: np.ndarray, drawdowns: np.ndarray) ->
     }
 
 
-def stress_test(bars: Bars, strategy: str, params: dict[str, Any], scenarios: int = 200,
-                seed: int = 0, commission: float = 0.0, slippage: float = 0.0,
-                methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+def stress_test(bars: Bars, strategy: str | Strategy, params: dict[str, Any],
+                scenarios: int = 200, seed: int = 0, commission: float = 0.0,
+                slippage: float = 0.0, methods: tuple[str, ...] = METHODS,
+                model_dir: Path | str | None = None) -> dict[str, Any]:
     """Metrics over `scenarios` seeded paths, overall and per method (`by_method`)."""
-    positions(bars, strategy, params)  # fail early on bad params or too few bars
-    spec, clean = resolve(strategy, params)
+    if isinstance(strategy, str):
+        strategy = load_strategy(strategy, params, model_dir)
+    decide(strategy, bars)  # fail early on bad params, too few bars or bad positions
     ppy = metrics.periods_per_year(bars.time)
     rows: dict[str, list[tuple[float, float, float]]] = {m: [] for m in methods}
     for method, make in generate(bars, scenarios, seed, methods):
         path = make()
-        run = simulate(path, spec.signal(path, clean), commission, slippage)
+        run = simulate(path, decide(strategy, path), commission, slippage)
         equity = run.equity
         returns = equity[1:] / equity[:-1] - 1.0
         rows[method].append((metrics.sharpe_ratio(returns, ppy), float(equity[-1] / equity[0] - 1),
                              metrics.max_drawdown(equity)))
     every = np.array([r for m in methods for r in rows[m]])
     result = _summary(every[:, 0], every[:, 1], every[:, 2])
+    counts, edges = np.histogram(every[:, 0], bins=min(20, max(1, len(every))))
+    result["sharpe_histogram"] = {"edges": [round(float(e), 6) for e in edges],
+                                  "counts": [int(c) for c in counts]}
     result["by_method"] = {
         m: _summary(*np.array(rows[m]).T) for m in methods if rows[m]
     }

@@ -3,19 +3,24 @@
 Honours the paper-trader contract: heartbeat and metrics.json kept current, state persisted in
 run_dir (a restart resumes), SIGTERM flushes and exits 0, exit 0 when the feed ends, exit 3 when
 the broker keeps failing (after flattening). Options not given on the command line come from
-the `paper` object in the model's model.json, then from the defaults below.
+the `paper` object in the model's model.json, then from the defaults below. The model is
+resolved as the builtin stages resolve it: model.json, else `$PIPELINE_TRIAL_PARAMS` (the
+trial's params, JSON) with a `strategy` among them or in `$PIPELINE_STAGE_PARAMS`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_v2.backtest.data import DataError, load_bars
+from pipeline_v2.backtest.data import load_bars
+from pipeline_v2.backtest.errors import DataError, StrategyError
 from pipeline_v2.backtest.model import load_model
 from pipeline_v2.backtest.synthetic import regime_bars
 from pipeline_v2.paper.trader import EXIT_BROKER_DOWN, Broker, Trader
@@ -28,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(prog="python -m pipeline_v2.paper", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", required=True, type=Path,
@@ -50,18 +56,26 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    """Run the trader; the exit code says how it ended."""
     args = parse(argv)
     try:
-        model = load_model(args.model_dir, {})
-    except DataError as exc:
+        # The stages' model resolution: model.json, else the trial's params with `strategy`
+        # among them or in the stage params (the deployer passes both in the environment).
+        params = json.loads(os.environ.get("PIPELINE_TRIAL_PARAMS") or "{}")
+        stage_params = json.loads(os.environ.get("PIPELINE_STAGE_PARAMS") or "{}")
+        model = load_model(args.model_dir, params, stage_params.get("strategy"))
+    except (DataError, ValueError) as exc:
         print(f"paper: {exc}", file=sys.stderr)
         return 2
     options = dict(DEFAULTS) | (model.get("paper") or {})
     options |= {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
     try:
         if options["feed"]:
-            feed = Path(options["feed"])
-            feed = feed if feed.is_absolute() else (args.model_dir / feed).resolve()
+            # --feed is relative to the working directory (under the daemon: the config's
+            # folder); a feed named in model.json is relative to the model's folder.
+            feed = Path(options["feed"]).expanduser()
+            base = Path.cwd() if args.feed else args.model_dir
+            feed = feed if feed.is_absolute() else (base / feed).resolve()
             bars = load_bars(feed).window(options["start"], options["end"])
         else:
             bars = regime_bars(int(options["synthetic_bars"]), int(options["seed"]))
@@ -71,23 +85,38 @@ def main(argv: list[str]) -> int:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     broker = Broker(float(options["commission"]), float(options["slippage"]),
                     float(options["fault_rate"]), int(options["seed"]))
-    trader = Trader(args.run_dir, bars, model["strategy"], model.get("params", {}), broker,
-                    float(options["stop_loss"]), float(options["max_position"]),
-                    float(options["cash"]), speed=float(options["speed"]))
+    try:
+        trader = Trader(args.run_dir, bars, model["strategy"], model.get("params", {}), broker,
+                        float(options["stop_loss"]), float(options["max_position"]),
+                        float(options["cash"]), speed=float(options["speed"]),
+                        model_dir=args.model_dir)
+    except (DataError, StrategyError) as exc:
+        print(f"paper: {exc}", file=sys.stderr)
+        return 2
 
     def stop(signum: int, _frame: object) -> None:
         trader.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(json.dumps({"event": "paper_started", "strategy": model["strategy"],
-                      "bars": len(bars), "resume_at": trader.state.cursor}), flush=True)
-    code = trader.run()
+    _say("paper_started", strategy=model["strategy"], bars=len(bars),
+         resume_at=trader.state.cursor)
+    try:
+        code = trader.run()
+    except StrategyError as exc:  # a plug-in broke the contract: a crash the supervisor sees
+        print(f"paper: {exc}", file=sys.stderr)
+        return 2
     if code == EXIT_BROKER_DOWN:
         print(f"paper: the broker kept failing; position flattened, stopping with exit code "
               f"{code}", file=sys.stderr)
-    print(json.dumps({"event": "paper_stopped", "code": code, **trader.metrics()}), flush=True)
+    _say("paper_stopped", code=code, **trader.metrics())
     return code
+
+
+def _say(event: str, **fields: Any) -> None:
+    """One JSON line on stdout, timed: `pipeline logs TRIAL` orders it by its `timestamp`."""
+    stamp = datetime.now(UTC).isoformat()
+    print(json.dumps({"event": event, **fields, "timestamp": stamp}), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any
-
-from sqlite_utils import Database
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline_v2 import schema
 from pipeline_v2.errors import StoreError, TransitionError
 from pipeline_v2.models import is_allowed
+from pipeline_v2.wake import wake_daemon
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
@@ -31,24 +32,41 @@ def loads(text: str | None, default: Any = None) -> Any:
     return default if text is None else json.loads(text)
 
 
+def sql_in(statuses: Iterable[Enum]) -> str:
+    """`('a', 'b')` for an SQL `IN`: statuses are our own constants, never user input."""
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses, key=lambda s: s.value)) + ")"
+
+
 def _is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 class BaseStore:
-    """One connection to the state DB; open one per process or thread."""
+    """One connection to the state DB; open one per process or thread.
 
-    def __init__(self, path: Path | str, notify_kinds: Iterable[str] = ()) -> None:
+    Nothing is written before the file is known to be ours and sound: `check="quick"` runs
+    `PRAGMA quick_check` (O(DB): commands that write, daemon start), `"light"` only reads the
+    schema (read-only commands, which map a corrupt page read later to the same one line).
+    """
+
+    def __init__(self, path: Path | str, notify_kinds: Iterable[str] = (),
+                 check: Literal["quick", "light"] = "quick") -> None:
         self.path = Path(path)
         self.notify_kinds = frozenset(notify_kinds)
+        # A CLI's store wakes the daemon after each commit (see wake.py); the daemon's does not.
+        self.wakes_daemon = False
         self._check_is_sqlite()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
         conn.row_factory = sqlite3.Row
-        self.db = Database(conn)
         self.conn = conn
+        try:
+            self._check_contents(check)
+        except BaseException:
+            conn.close()
+            raise
         try:
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
@@ -58,28 +76,74 @@ class BaseStore:
             conn.close()
             raise StoreError(f"{self.path}: cannot use the state DB: {exc}") from None
 
+    def _check_contents(self, check: str) -> None:
+        """Refuse another program's SQLite file (Optuna's above all) and a corrupt one."""
+        try:
+            tables = {row[0] for row in self._all("SELECT name FROM sqlite_master"
+                                                  " WHERE type = 'table'")}
+            if {"alembic_version", "studies"} <= tables:
+                raise StoreError(
+                    f"{self.path}: this is an Optuna storage (it has Optuna's studies and "
+                    "alembic_version tables), not a state DB; refusing to touch it (point "
+                    "state_db at a file of its own, e.g. pipeline_v2.db)")
+            if tables and "_sqlite_migrations" not in tables:
+                raise StoreError(
+                    f"{self.path}: an SQLite DB of another program (tables: "
+                    f"{', '.join(sorted(tables)[:5])}); refusing to touch it (point state_db "
+                    "at a file of its own)")
+            if check == "quick" and tables:
+                verdict = [str(row[0]) for row in self._all("PRAGMA quick_check(5)")]
+                if verdict != ["ok"]:
+                    raise StoreError(self.corrupt_message("; ".join(verdict)))
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(self.corrupt_message(str(exc))) from None
+
+    def corrupt_message(self, detail: str | None = None) -> str:
+        """One line naming the file and what `PRAGMA quick_check` says about it."""
+        if detail is None:
+            try:
+                detail = "; ".join(str(r[0]) for r in self._all("PRAGMA quick_check(5)"))
+            except sqlite3.DatabaseError as exc:
+                detail = str(exc)
+        detail = " ".join(detail.split())  # quick_check's verdicts span lines; ours is one
+        return f"{self.path}: the state DB is corrupt (PRAGMA quick_check: {detail})"
+
     def _check_is_sqlite(self) -> None:
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: state_db names a directory; expected an SQLite file "
+                             "(e.g. pipeline_v2.db)")
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
-        with self.path.open("rb") as fh:
-            if fh.read(16) != SQLITE_HEADER:
-                raise StoreError(
-                    f"{self.path}: not an SQLite database; refusing to touch it "
-                    "(point state_db at a new file)"
-                )
+        # Read through SQLite, never open(): closing any other descriptor of the file would
+        # drop every POSIX lock this process holds on it (a daemon's connections included),
+        # and another process closing its connection would then delete the live WAL.
+        probe = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            probe.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if "not a database" not in str(exc):
+                raise
+            raise StoreError(
+                f"{self.path}: not an SQLite database; refusing to touch it "
+                "(point state_db at a new file)"
+            ) from None
+        finally:
+            probe.close()
 
     def _migrate(self) -> None:
         known = schema.known_migrations()
-        applied = [m.name for m in schema.migrations.applied(self.db)]
+        applied = schema.applied_names(self.conn)
         self._refuse_newer(applied, known)
         if len(applied) >= len(known):
             return
+        from sqlite_utils import Database  # only now: it pulls pandas when installed
+
         # Two processes may open a new DB at once (a CLI beside a starting daemon): the write
         # lock comes first, then the pending list is read again under it.
         with self.transaction():
-            applied = [m.name for m in schema.migrations.applied(self.db)]
+            applied = schema.applied_names(self.conn)
             self._refuse_newer(applied, known)
-            schema.migrations.apply(self.db)
+            schema.migration_set().apply(Database(self.conn))
 
     def _refuse_newer(self, applied: list[str], known: list[str]) -> None:
         newer = [name for name in applied if name not in known]
@@ -89,9 +153,21 @@ class BaseStore:
                 f"version knows up to {known[-1]!r}); upgrade pipeline_v2 to use it"
             )
 
+    @property
+    def db(self) -> Database:
+        """The connection as a sqlite-utils Database (imported on first use)."""
+        from sqlite_utils import Database
+
+        return Database(self.conn)
+
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open on this connection."""
+        return self.conn.in_transaction
 
     def _begin(self) -> None:
         try:
@@ -101,11 +177,15 @@ class BaseStore:
                 raise
             self._begin_retrying()
 
-    @retry(retry=retry_if_exception(_is_locked), stop=stop_after_attempt(5),
-           wait=wait_exponential(multiplier=0.05, max=1), reraise=True)
     def _begin_retrying(self) -> None:
         # busy_timeout already waits 30 s; this covers the rare SQLITE_BUSY it cannot.
-        self.conn.execute("BEGIN IMMEDIATE")
+        # tenacity is imported here, on this rare path, not by every command.
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        for attempt in Retrying(retry=retry_if_exception(_is_locked), stop=stop_after_attempt(5),
+                                wait=wait_exponential(multiplier=0.05, max=1), reraise=True):
+            with attempt:
+                self.conn.execute("BEGIN IMMEDIATE")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -120,6 +200,24 @@ class BaseStore:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+        if self.wakes_daemon:
+            wake_daemon(self.path)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[sqlite3.Connection]:
+        """A nested unit inside the open transaction: on error only its own writes roll back."""
+        if not self.conn.in_transaction:
+            with self.transaction() as conn:
+                yield conn
+            return
+        self.conn.execute("SAVEPOINT unit")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK TO unit")
+            self.conn.execute("RELEASE unit")
+            raise
+        self.conn.execute("RELEASE unit")
 
     def _all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
@@ -134,7 +232,8 @@ class BaseStore:
         if old == new and not sets:
             return
         if old != new and not is_allowed(old, new):
-            raise TransitionError(f"{table} {row_id}: {old.value} -> {new.value} is not allowed")
+            raise TransitionError(f"{self._row_name(table, row_id)}: {old.value} -> "
+                                  f"{new.value} is not allowed")
         assignments = "".join(f", {column} = ?" for column in sets)
         cursor = self.conn.execute(
             f"UPDATE {table} SET status = ?, updated_at = ?{assignments}"
@@ -145,6 +244,20 @@ class BaseStore:
             raise TransitionError(
                 f"{table} {row_id}: expected status {old.value!r}, it changed underneath"
             )
+
+    def _row_name(self, table: str, row_id: int) -> str:
+        """A row as users know it (`trial s:7`, `trial s:7 stage backtest`), never an id."""
+        sql = {"trials": "SELECT study, trial_number, NULL FROM trials WHERE id = ?",
+               "stages": "SELECT t.study, t.trial_number, s.stage_name FROM stages s"
+                         " JOIN trials t ON t.id = s.trial_id WHERE s.id = ?",
+               "deployments": "SELECT t.study, t.trial_number, 'deployment' FROM deployments d"
+                              " JOIN trials t ON t.id = d.trial_id WHERE d.id = ?"}.get(table)
+        row = self._one(sql, [row_id]) if sql else None
+        if row is None:
+            return f"{table} {row_id}"
+        extra = "" if row[2] is None else (
+            " deployment" if table == "deployments" else f" stage {row[2]}")
+        return f"trial {row[0]}:{row[1]}{extra}"
 
     def add_event(
         self,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipeline_v2.models import StageStatus
+from pipeline_v2.store import queries
 from pipeline_v2.store.base import BaseStore, dumps, loads
 
 
@@ -13,7 +15,7 @@ class OpsMixin(BaseStore):
 
     def get_setting(self, key: str, default: str | None = None) -> str | None:
         """A value from the settings table."""
-        row = self._one("SELECT value FROM settings WHERE key = ?", [key])
+        row = self._one(queries.SETTING, [key])
         return default if row is None else row[0]
 
     def set_setting(self, key: str, value: str | None) -> None:
@@ -78,42 +80,44 @@ class OpsMixin(BaseStore):
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Every component's last health record."""
-        rows = self._all("SELECT * FROM health ORDER BY component")
+        rows = self._all(queries.HEALTH)
         return {r["component"]: dict(r) | {"details": loads(r["details"])} for r in rows}
 
     def trial_counts(self) -> dict[str, int]:
         """Number of trials per status."""
-        return {r[0]: r[1] for r in self._all("SELECT status, COUNT(*) FROM trials GROUP BY 1")}
+        return {r[0]: r[1] for r in self._all(queries.TRIAL_COUNTS)}
 
     def stage_counts(self) -> dict[str, dict[str, int]]:
         """Number of stage rows per stage name and status."""
         counts: dict[str, dict[str, int]] = {}
-        # A stage left pending behind a rejected, failed or cancelled trial will never run:
-        # it is not work waiting, so it is not counted as pending.
-        for name, status, n in self._all(
-            "SELECT s.stage_name, s.status, COUNT(*) FROM stages s JOIN trials t"
-            " ON t.id = s.trial_id WHERE NOT (s.status = 'pending'"
-            " AND t.status IN ('rejected', 'failed', 'cancelled')) GROUP BY 1, 2"
-        ):
+        for name, status, n in self._all(queries.STAGE_COUNTS):
             counts.setdefault(name, {})[status] = n
+        pending = StageStatus.PENDING.value
+        for name, n in self._all(queries.DEAD_PENDING_STAGES):
+            left = counts[name][pending] - n
+            if left:
+                counts[name][pending] = left
+            else:
+                del counts[name][pending]
         return counts
 
     # -- notification outbox --------------------------------------------------------------------
 
     def due_notifications(self, now: float, limit: int = 20) -> list[dict[str, Any]]:
         """Outbox entries due for (re)delivery, with their event and trial."""
-        rows = self._all(
-            "SELECT o.id AS outbox_id, o.attempts, e.*, t.study, t.trial_number FROM outbox o"
-            " JOIN events e ON e.id = o.event_id LEFT JOIN trials t ON t.id = e.trial_id"
-            " WHERE o.status = 'pending' AND o.next_attempt_at <= ? ORDER BY o.id LIMIT ?",
-            [now, limit],
-        )
+        rows = self._all(queries.DUE_NOTIFICATIONS, [now, limit])
         return [dict(r) | {"data": loads(r["data"])} for r in rows]
 
     def next_notification_time(self) -> float | None:
         """When the next pending notification is due."""
-        row = self._one("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'")
+        row = self._one(queries.NEXT_NOTIFICATION_TIME)
         return row[0] if row else None
+
+    def has_due_notifications(self, now: float) -> bool:
+        """True while a notification is due (not merely waiting on a retry backoff)."""
+        row = self._one("SELECT 1 FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
+                        " LIMIT 1", [now])
+        return row is not None
 
     def mark_notification(self, outbox_id: int, now: float, error: str | None,
                           retry_at: float | None) -> None:

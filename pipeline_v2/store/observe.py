@@ -1,0 +1,129 @@
+"""Read-only queries for health, metrics and the HTTP API, and a read-only connection.
+
+Plain functions over a Store so the Store class (shared with other work) stays as it is. Every
+count here comes from the state DB, so counters survive a daemon restart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from pipeline_v2.models import DeploymentStatus, StageStatus
+from pipeline_v2.store import Store
+from pipeline_v2.store.base import loads
+from pipeline_v2.store.trials import to_trial
+
+# A stage leaving `running` for one of these is an attempt with that outcome.
+_OUTCOMES = {
+    StageStatus.PASSED.value: "passed",
+    StageStatus.REJECTED.value: "rejected",
+    StageStatus.FAILED.value: "failed",
+    StageStatus.PENDING.value: "error",  # an error to retry, or an interrupted attempt
+    StageStatus.CANCELLED.value: "cancelled",
+}
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+def open_readonly(path: Path) -> Store:
+    """A Store on a `mode=ro` connection: it can read everything and write nothing."""
+    store = Store.__new__(Store)  # skip __init__: it migrates, which needs a writer
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0,
+                           isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA query_only = ON")
+    store.path, store.notify_kinds, store.conn = path, frozenset(), conn  # `db` derives from conn
+    return store
+
+
+def _all(store: Store, sql: str, params: list[Any] | None = None) -> list[sqlite3.Row]:
+    return store.conn.execute(sql, params or []).fetchall()
+
+
+def trials_page(store: Store, status: str | None, limit: int, offset: int) -> dict[str, Any]:
+    """One page of trials in discovery order, with the total for paging."""
+    where, params = ("WHERE status = ?", [status]) if status else ("", [])
+    total = _all(store, f"SELECT COUNT(*) FROM trials {where}", params)[0][0]
+    rows = _all(store, f"SELECT * FROM trials {where} ORDER BY id LIMIT ? OFFSET ?",
+                [*params, limit, offset])
+    return {"total": total, "limit": limit, "offset": offset,
+            "trials": [to_trial(r) for r in rows]}
+
+
+def attempt_outcomes(store: Store) -> dict[tuple[str, str], int]:
+    """Finished attempts by (stage, outcome), from the audit trail."""
+    rows = _all(store, "SELECT stage, new_status, COUNT(*) FROM events WHERE kind LIKE 'stage.%'"
+                       " AND old_status = 'running' GROUP BY 1, 2")
+    return {(r[0], _OUTCOMES.get(r[1], r[1])): r[2] for r in rows}
+
+
+def stage_durations(store: Store) -> dict[str, tuple[list[int], float, int]]:
+    """Per stage: cumulative bucket counts (DURATION_BUCKETS + Inf), sum and count of runs."""
+    cases = ", ".join(f"SUM(d <= {b})" for b in DURATION_BUCKETS)
+    rows = _all(store, f"SELECT stage_name, {cases}, SUM(d), COUNT(*) FROM (SELECT stage_name,"
+                       " finished_at - started_at AS d FROM stages WHERE finished_at IS NOT NULL"
+                       " AND started_at IS NOT NULL AND status IN ('passed', 'rejected',"
+                       " 'failed')) GROUP BY 1")
+    n = len(DURATION_BUCKETS)
+    return {r[0]: ([int(r[i + 1] or 0) for i in range(n)] + [r[n + 2]], float(r[n + 1] or 0),
+                   r[n + 2]) for r in rows}
+
+
+def event_counts(store: Store, kind: str) -> dict[str | None, int]:
+    """How many events of this kind, by stage."""
+    rows = _all(store, "SELECT stage, COUNT(*) FROM events WHERE kind = ? GROUP BY 1", [kind])
+    return {r[0]: r[1] for r in rows}
+
+
+def deployment_facts(store: Store) -> list[dict[str, Any]]:
+    """The newest deployment of each trial, with what health and metrics need."""
+    rows = _all(store, "SELECT d.id, d.status, d.restarts, d.last_heartbeat, d.metrics,"
+                       " d.reason, t.study, t.trial_number, (SELECT COUNT(*) FROM events e"
+                       " WHERE e.trial_id = d.trial_id AND e.kind = 'deployment.crash_loop'"
+                       " AND e.ts >= COALESCE(d.spawned_at, d.updated_at)) AS loops"
+                       " FROM deployments d JOIN trials t ON t.id = d.trial_id"
+                       " WHERE d.id IN (SELECT MAX(id) FROM deployments GROUP BY trial_id)"
+                       " ORDER BY d.id")
+    return [{"id": r["id"], "trial": f"{r['study']}:{r['trial_number']}", "status": r["status"],
+             "restarts": r["restarts"], "last_heartbeat": r["last_heartbeat"],
+             "metrics": loads(r["metrics"]) or {},
+             "crash_loop": r["status"] == DeploymentStatus.FATAL.value and r["loops"] > 0}
+            for r in rows]
+
+
+def deployment_counts(store: Store) -> dict[str, int]:
+    """Deployment rows by status."""
+    return {r[0]: r[1] for r in _all(store, "SELECT status, COUNT(*) FROM deployments GROUP BY 1")}
+
+
+def restarts_total(store: Store) -> int:
+    """Trader restarts over every deployment ever made."""
+    return int(_all(store, "SELECT COALESCE(SUM(restarts), 0) FROM deployments")[0][0])
+
+
+def oldest_running_start(store: Store) -> float | None:
+    """When the longest-running attempt started."""
+    return _all(store, "SELECT MIN(started_at) FROM stages WHERE status = 'running'")[0][0]
+
+
+def outbox_state(store: Store) -> tuple[int, int, str | None]:
+    """Notifications waiting, given up, and the newest delivery error."""
+    row = _all(store, "SELECT SUM(status = 'pending'), SUM(status = 'failed'), (SELECT last_error"
+                      " FROM outbox WHERE last_error IS NOT NULL AND status != 'delivered'"
+                      " ORDER BY id DESC LIMIT 1) FROM outbox")[0]
+    return int(row[0] or 0), int(row[1] or 0), row[2]
+
+
+def trials_total(store: Store) -> int:
+    """Every trial ever discovered (or imported): the `new trials` counter."""
+    return int(_all(store, "SELECT COUNT(*) FROM trials")[0][0])
+
+
+def state_db_ok(store: Store) -> str | None:
+    """None when the DB answers a read, else the error."""
+    try:
+        store.conn.execute("SELECT COUNT(*) FROM settings").fetchone()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None

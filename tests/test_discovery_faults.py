@@ -1,0 +1,102 @@
+"""Discovery when the Optuna storage file is deleted, replaced or write-locked under it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from pipeline_v2.config import parse_config
+from pipeline_v2.discovery import Discovery
+from pipeline_v2.optuna_source import POLL_BUSY_TIMEOUT_S, RdbSource
+from pipeline_v2.status import pipeline_health
+from pipeline_v2.store import Store
+from tests.optuna_helpers import STORAGE_KINDS, complete, make_study, storage_url
+
+
+def setup(tmp_path: Path, kind: str):
+    url = storage_url(kind, tmp_path)
+    config = parse_config({"optuna": {"storage": url, "studies": ["s"]}, "state_db": "p.db"},
+                          base_dir=str(tmp_path))
+    return url, config, Store(config.state_db_path)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_deleted_then_recreated_storage_is_noticed(tmp_path: Path, kind: str) -> None:
+    url, config, store = setup(tmp_path, kind)
+    complete(make_study(url, "s"), 2)
+    discovery = Discovery(config, store)
+    assert discovery.poll().new == {"s": 2}
+    storage = tmp_path / ("optuna.db" if kind == "sqlite" else "journal.log")
+    storage.unlink()
+    result = discovery.poll()
+    assert result.errors == [
+        f'optuna.storage: the storage file "{storage}" is missing (deleted or moved while the '
+        "daemon runs); discovery resumes when it is back"]
+    health = store.health()["discovery"]
+    assert (health["status"], health["message"]) == ("degraded", result.errors[0])
+    complete(make_study(url, "s"), 3)  # a new file, new trials
+    result = discovery.poll()
+    assert result.errors == [] and result.new == {"s": 3}
+    assert [t.generation for t in store.list_trials()] == [0, 0, 1, 1, 1]
+    assert store.health()["discovery"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_storage_replaced_by_another_file_is_read_anew(tmp_path: Path, kind: str) -> None:
+    url, config, store = setup(tmp_path, kind)
+    complete(make_study(url, "s"), 1)
+    discovery = Discovery(config, store)
+    assert discovery.poll().total == 1
+    storage = tmp_path / ("optuna.db" if kind == "sqlite" else "journal.log")
+    other = tmp_path / "other"
+    other.mkdir()
+    complete(make_study(storage_url(kind, other), "s"), 4)
+    (other / storage.name).rename(storage)  # atomically replaced, as a restore would
+    result = discovery.poll()
+    assert result.errors == [] and result.new == {"s": 4}
+
+
+def test_a_write_locked_storage_skips_the_poll_without_stalling(tmp_path: Path) -> None:
+    url, config, store = setup(tmp_path, "sqlite")
+    complete(make_study(url, "s"), 2)
+    discovery = Discovery(config, store)
+    assert discovery.poll().total == 2
+    source = discovery.source
+    assert isinstance(source, RdbSource)
+    assert source.busy_timeout == POLL_BUSY_TIMEOUT_S <= 0.1  # the most a poll waits
+    complete(make_study(url, "s"), 1)
+    locker = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        result = discovery.poll()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert result.errors == [
+        "optuna.storage: busy (a writer holds a lock for more than 0.1s); this poll was "
+        "skipped, the next one tries again"]
+    health = store.health()
+    assert health["discovery"]["status"] == "degraded"
+    health["daemon"] = {"status": "running", "checked_at": 1e12}
+    assert pipeline_health(health, config, 1e12) == "degraded"
+    assert discovery.poll().new == {"s": 1}
+
+
+def test_a_model_dir_template_that_raises_flags_the_trial(tmp_path: Path) -> None:
+    url = storage_url("sqlite", tmp_path)
+    config = parse_config({"optuna": {"storage": url, "studies": ["s"],
+                                      "model_dir": "models/{user_attrs[n]:.2f}"},
+                           "state_db": "p.db"}, base_dir=str(tmp_path))
+    store = Store(config.state_db_path)
+    study = make_study(url, "s")
+    trial = study.ask()
+    trial.set_user_attr("n", None)  # None cannot take a float format
+    study.tell(trial, 1.0)
+    result = Discovery(config, store).poll()
+    assert result.errors == [] and result.new == {"s": 1}
+    row = store.find_trial("s:0")
+    assert row.model_dir == ""
+    assert row.flags == ["model_dir_unresolved: TypeError('unsupported format string passed to "
+                         "NoneType.__format__')"]

@@ -1,0 +1,128 @@
+"""Health: components recorded by a real daemon, the overall decision, `pipeline health`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pipeline_v2 import health
+from pipeline_v2.health import Check, Level, Overall
+from tests.engine_helpers import FIX, store_for, wait_for, workspace
+from tests.http_helpers import get_json, with_daemon
+
+
+def stage(target: str) -> dict:
+    return {"run": f"{FIX}:{target}", "max_attempts": 1, "timeout_seconds": 20}
+
+
+def test_storage_vanishing_degrades_and_returning_heals(tmp_path: Path, invoke) -> None:
+    path = workspace(tmp_path, {"a": stage("ok")}, daemon={
+        "check_interval": 0.1, "health_check_interval": 2, "http": "127.0.0.1:0"})
+    optuna_db, gone = tmp_path / "optuna.db", tmp_path / "optuna.db.gone"
+    seen: list = []
+
+    def status(base: str) -> tuple[int, str]:
+        code, body = get_json(f"{base}/health")
+        return code, body["components"].get("discovery", {}).get("status")
+
+    def client(base: str) -> None:
+        wait_for(lambda: status(base) == (200, "ok"))
+        optuna_db.rename(gone)
+        wait_for(lambda: status(base)[0] == 503)
+        code, body = get_json(f"{base}/health")
+        seen.append((code, body["status"], body["components"]["discovery"]))
+        gone.rename(optuna_db)
+        wait_for(lambda: status(base) == (200, "ok"))
+        seen.append(get_json(f"{base}/health")[1]["status"])
+
+    with_daemon(path, client)
+    code, overall, discovery = seen[0]
+    assert (code, overall) == (503, "degraded")
+    assert discovery["status"] not in ("ok", "running")  # the poll's or the monitor's verdict
+    assert f'"{optuna_db}"' in discovery["message"]
+    assert seen[1] == "healthy"
+    # The daemon has stopped: down, exit 2.
+    result = invoke("health", "--json", "--config", str(path))
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout)["status"] == "down"
+    assert json.loads(result.stdout)["detail"] == "the daemon is stopped"
+
+
+def _record(path: Path, **components: str) -> None:
+    store = store_for(path)
+    now = time.time()
+    for name, status in components.items():
+        store.set_health(name, status, f"{name} says {status}", now)
+    store.close()
+
+
+def test_pipeline_health_exit_codes(tmp_path: Path, invoke) -> None:
+    path = workspace(tmp_path, {"a": stage("ok")})
+    cfg = ["--config", str(path)]
+    result = invoke("health", *cfg)
+    assert result.exit_code == 2 and "pipeline down (no daemon has run yet)" in result.stdout
+    _record(path, daemon="running", disk="ok", discovery="ok")
+    result = invoke("health", *cfg)
+    assert result.exit_code == 0, result.output
+    assert "pipeline healthy" in result.stdout
+    _record(path, disk="warning")
+    result = invoke("health", "--json", *cfg)
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["status"] == "degraded"
+    assert report["detail"] == "disk: disk says warning"
+    assert report["components"]["disk"]["status"] == "warning"
+    _record(path, daemon="stopped")
+    assert invoke("health", *cfg).exit_code == 2
+
+
+def test_overall_decision_is_pure() -> None:
+    now = 1000.0
+    running = {"status": "running", "checked_at": now - 1, "message": ""}
+    ok = {"status": "ok", "checked_at": now, "message": "fine"}
+    bad = {"status": "error", "checked_at": now, "message": "boom"}
+    assert health.overall({}, 60, now) == Overall.DOWN
+    assert health.overall({"daemon": running, "disk": ok}, 60, now) == Overall.HEALTHY
+    assert health.overall({"daemon": running, "disk": bad}, 60, now) == Overall.DEGRADED
+    stale = running | {"checked_at": now - 181}
+    assert health.overall({"daemon": stale}, 60, now) == Overall.DOWN
+    assert health.explain({"daemon": stale}, Overall.DOWN) == "the daemon's heartbeat is stale"
+    problems = ["s:3 crash-looping (2 crashes)"]  # seen by `status` between health records
+    assert health.overall({"daemon": running}, 60, now, problems) == Overall.DEGRADED
+    assert health.explain({"daemon": running}, Overall.DEGRADED, problems) == (
+        "deployments: s:3 crash-looping (2 crashes)")
+
+
+def test_component_checks() -> None:
+    rows = [{"trial": "s:1", "status": "fatal", "crash_loop": True, "last_heartbeat": None},
+            {"trial": "s:2", "status": "running", "last_heartbeat": 0.0},
+            {"trial": "s:3", "status": "running", "last_heartbeat": 95.0}]
+    check = health.check_deployments(rows, heartbeat_timeout=10, now=100.0)
+    assert check.level == Level.ERROR
+    assert check.message == "fatal: s:1; crash loop: s:1; stale heartbeat: s:2"
+    assert health.check_deployments(rows[2:], 10, 100.0).level == Level.OK
+    assert health.check_disk(91, 90).level == Level.WARNING
+    assert health.check_disk(50, 90).message == "50% used"
+    assert health.check_notifications(True, 3, 0, "HTTPError: 500").level == Level.WARNING
+    assert health.check_notifications(True, 0, 2, None).message == "0 waiting, 2 given up"
+    assert health.check_notifications(False, 0, 0, None).level == Level.OK
+    assert health.check_discovery(0.0, 1.0, "ok", None, now=10.0).level == Level.ERROR
+    assert health.check_discovery(9.0, 1.0, "ok", None, now=10.0) is None
+    assert health.check_discovery(9.0, 1.0, "ok", "gone", now=10.0) == Check(Level.ERROR, "gone")
+
+
+def test_discovery_reports_a_vanished_storage_file_not_the_old_one(tmp_path: Path) -> None:
+    """An open connection keeps reading a renamed/deleted SQLite file; the poll must notice."""
+    from pipeline_v2.config import load_config
+    from pipeline_v2.discovery import Discovery
+
+    path = workspace(tmp_path, {"a": stage("ok")})
+    discovery = Discovery(load_config(path), store_for(path))
+    assert discovery.poll().errors == []
+    (tmp_path / "optuna.db").rename(tmp_path / "elsewhere.db")
+    errors = discovery.poll().errors
+    assert len(errors) == 1 and f'"{tmp_path / "optuna.db"}"' in errors[0]
+    (tmp_path / "elsewhere.db").rename(tmp_path / "optuna.db")
+    assert discovery.poll().errors == []
+    discovery.close()

@@ -18,9 +18,11 @@ from pipeline_v2.cli.common import (
     control,
     emit,
     fail,
+    given,
     load_config,
     open_workspace,
     render,
+    render_json,
 )
 from pipeline_v2.errors import UsageError
 
@@ -52,6 +54,7 @@ def init(
 
 @command()
 def status(
+    ctx: typer.Context,
     config: ConfigPath = None,
     json_: JsonFlag = False,
     watch: Annotated[bool, typer.Option(
@@ -61,11 +64,14 @@ def status(
                                             help="Seconds between --watch refreshes.")] = 2.0,
 ) -> None:
     """Pipeline health, trial and stage counts, and deployments."""
+    if not watch and given(ctx, "interval"):
+        raise UsageError(f'--interval: only applies with --watch (got "{interval:g}" without '
+                         "--watch)")
     from pipeline_v2.status import snapshot
 
     cfg, store = open_workspace(config, reading=True)
     if not watch:
-        emit(snapshot(store, cfg, time.time()), json_, render.status_view)
+        emit(snapshot(store, cfg, time.time()), json_, lambda d: render.status_view(d))
         return
     from rich.live import Live
 
@@ -74,7 +80,7 @@ def status(
             while True:
                 data = snapshot(store, cfg, time.time())
                 if json_:
-                    typer.echo(json.dumps(render.jsonable(data), default=str))
+                    typer.echo(json.dumps(render_json.jsonable(data), default=str))
                 else:
                     console().print(render.status_view(data))
                 sys.stdout.flush()
@@ -113,7 +119,7 @@ def trials(
     _, store = open_workspace(config, reading=True)
     found = store.iter_trials(status_, limit, offset)
     if json_ or jsonl:
-        render.stream_json(found, sys.stdout, lines=jsonl)
+        render_json.stream_json(found, sys.stdout, lines=jsonl)
     else:
         console().print(render.trials_table(list(found)))
 
@@ -134,7 +140,7 @@ def discover(config: ConfigPath = None, json_: JsonFlag = False) -> None:
     cfg, store = open_workspace(config)
     result = Discovery(cfg, store).poll()
     if json_:
-        typer.echo(render.to_json(result))
+        typer.echo(render_json.to_json(result))
     else:
         for study, n in result.new.items():
             typer.echo(f"{study}: {n} new trial(s)")

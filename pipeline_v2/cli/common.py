@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from pipeline_v2 import render_json
+from pipeline_v2.cli.group import PipelineCommand, PipelineGroup
 from pipeline_v2.errors import ConfigError, NotFoundError, PipelineError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from pipeline_v2 import control, render
+    from pipeline_v2 import control, render, render_ops, render_reports
     from pipeline_v2.config import Config
     from pipeline_v2.store import Store
 
@@ -41,6 +43,8 @@ def lazy(name: str) -> ModuleType:
 if not TYPE_CHECKING:
     control = lazy("pipeline_v2.control")
     render = lazy("pipeline_v2.render")
+    render_ops = lazy("pipeline_v2.render_ops")
+    render_reports = lazy("pipeline_v2.render_reports")
 
 ENGINE_ERRORS = "pipeline_v2.backtest.errors"
 # The engine's errors are bad input to a command (data, strategy, params): a usage error.
@@ -53,6 +57,7 @@ def _engine_error() -> type[Exception] | None:
     return getattr(module, "EngineError", None) if module is not None else None
 
 app = typer.Typer(
+    cls=PipelineGroup,
     help="Carry completed Optuna trials through backtest, stress and paper trading.",
     no_args_is_help=True,
     add_completion=False,
@@ -60,7 +65,8 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 config_app = typer.Typer(
-    help="Check, show or print the JSON Schema of the config.", no_args_is_help=True
+    cls=PipelineGroup, help="Check, show or print the JSON Schema of the config.",
+    no_args_is_help=True,
 )
 app.add_typer(config_app, name="config")
 _debug = {"on": False}
@@ -179,16 +185,24 @@ def command(target: typer.Typer = app, name: str | None = None) -> Callable[[F],
     """Register a CLI command with error handling."""
 
     def deco(fn: F) -> F:
-        target.command(name)(handles_errors(fn))
+        target.command(name, cls=PipelineCommand)(handles_errors(fn))
         return fn
 
     return deco
 
 
+def given(ctx: typer.Context, name: str) -> bool:
+    """True when parameter `name` came from the command line or the environment, not its
+    default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def emit(data: Any, as_json: bool, view: Callable[[Any], Any] | None = None) -> None:
-    """Print JSON or the rich view."""
+    """Print JSON or the rich view (pass `lambda d: render.x(d)`: naming `render.x` here would
+    import rich for `--json` too)."""
     if as_json or view is None:
-        typer.echo(render.to_json(data))
+        typer.echo(render_json.to_json(data))
     else:
         console().print(view(data))
 

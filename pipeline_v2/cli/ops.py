@@ -10,25 +10,30 @@ from typing import Annotated
 
 import typer
 
-from pipeline_v2 import render_ops
-from pipeline_v2.cli.common import ConfigPath, JsonFlag, command, emit, open_workspace
-from pipeline_v2.config import load_config
+from pipeline_v2.cli.common import (
+    ConfigPath,
+    JsonFlag,
+    command,
+    emit,
+    load_config,
+    open_workspace,
+    render_ops,
+)
 from pipeline_v2.errors import PipelineError, UsageError
-from pipeline_v2.health import EXIT_CODES, Overall
-from pipeline_v2.status import health_report
 
 
 @command()
 def health(config: ConfigPath = None, json_: JsonFlag = False) -> None:
     """Each component's health; exit 0 healthy, 1 degraded, 2 down (for cron and monitoring)."""
+    from pipeline_v2.health import EXIT_CODES, Overall
+    from pipeline_v2.status import health_report
+
     cfg, store = open_workspace(config)
     report = health_report(store, cfg, time.time())
-    emit(report, json_, render_ops.health_view)
+    emit(report, json_, lambda r: render_ops.health_view(r))
     code = EXIT_CODES[Overall(report["status"])]
     if code:
         raise typer.Exit(code)
-
-
 
 
 @command()

@@ -21,6 +21,7 @@ from pipeline_v2.cli.common import (
     load_config,
     open_workspace,
     render,
+    render_reports,
 )
 from pipeline_v2.errors import UsageError
 
@@ -60,8 +61,6 @@ def demo(
     cfg, store = open_workspace(workspace.config)
     out = console()
     out.print(render.status_view(snapshot(store, cfg, time.time())))
-    from pipeline_v2 import render_reports
-
     full, page = control.build_report(store, cfg, None)
     out.print(render_reports.pipeline_report_view(full))
     control.write_text(workspace.root / "report.html", page(full), "report.html")
@@ -97,15 +96,13 @@ def report(
 ) -> None:
     """One trial across its stages (verdict and why), or the whole pipeline (ranked trials,
     funnel, timings, PBO)."""
-    from pipeline_v2 import render_reports
-
     cfg, store = open_workspace(config, reading=True)
     data, page = control.build_report(store, cfg, trial)
     if html is not None:
         control.write_text(html, page(data), "--html")
         typer.echo(f"wrote {html}", err=json_)  # --json keeps stdout pure JSON
-    emit(data, json_, render_reports.trial_report_view if trial
-         else render_reports.pipeline_report_view)
+    emit(data, json_, lambda d: render_reports.trial_report_view(d) if trial
+         else render_reports.pipeline_report_view(d))
 
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from pipeline_v2.addresses import TOKEN_ENV, is_loopback, parse_address
@@ -44,6 +43,8 @@ def read_document(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml  # only YAML configs pay for it
+
         try:
             return yaml.safe_load(text)
         except yaml.MarkedYAMLError as exc:

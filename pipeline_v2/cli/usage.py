@@ -4,7 +4,6 @@ expected; exit 2. Click would print three (Usage, Try, Error)."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,6 +73,8 @@ def usage_line(exc: UsageError) -> str:
 
 def unknown_command(ctx: Any, name: str) -> OneLineUsageError:
     """`pipeline frob`: say so, with the closest commands or every one."""
+    import difflib
+
     known = _commands(ctx)
     close = difflib.get_close_matches(name, known)
     hint = (f"did you mean {' or '.join(close)}?" if close

@@ -133,7 +133,8 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
                 self.deployer.close()  # traders keep running for the next daemon to adopt
                 if self.notifier.is_alive():
                     self.notifier.stop()
-                self._guard("daemon", self._heartbeat, self.clock(), "stopped")
+                self._guard("daemon", self.ops.stopped, self.clock(),
+                            self.summary.reason or "error")
                 self.discovery.close()
                 self.store.close()
                 self._restore_signals(previous)

@@ -5,6 +5,7 @@ Kept out of daemon.py so the loop stays about trials; the daemon calls its hooks
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -52,7 +53,7 @@ class DaemonOps:
         sd_notify("READY=1")
 
     def stopping(self) -> None:
-        """Tell systemd, then stop serving (the daemon records `stopped` itself)."""
+        """Tell systemd, then stop serving (`stopped` records the components afterwards)."""
         sd_notify("STOPPING=1")
         if self.http.stop():
             try:
@@ -60,6 +61,11 @@ class DaemonOps:
                     Level.OK, "stopped with the daemon", {"port": None}), self.daemon.clock())
             except Exception:  # shutting down: never let a health write skip the cleanup
                 log.exception("health_failed")
+
+    def stopped(self, now: float, reason: str) -> None:
+        """The last write of a clean stop: the daemon and what it watched are `stopped`, so
+        `pipeline health` and `/health` say down, since when, and no stale `ok` is left."""
+        monitor.record_stopped(self.daemon.store, now, os.getpid(), reason)
 
     def waiting(self, now: float, seconds: float) -> None:
         """The loop is about to wait this long: a later wake-up is loop lag."""

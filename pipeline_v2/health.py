@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
+
+from pipeline_v2.models import DeploymentStatus as D
 
 
 class Level(str, Enum):
@@ -18,7 +21,7 @@ class Level(str, Enum):
     RUNNING = "running"  # the daemon's own heartbeat
     WARNING = "warning"
     ERROR = "error"
-    STOPPED = "stopped"  # the daemon exited cleanly
+    STOPPED = "stopped"  # the daemon exited cleanly; a component it no longer watches
 
 
 class Overall(str, Enum):
@@ -33,6 +36,7 @@ EXIT_CODES = {Overall.HEALTHY: 0, Overall.DEGRADED: 1, Overall.DOWN: 2}
 GOOD = frozenset({Level.OK.value, Level.RUNNING.value})
 # The daemon writes its heartbeat every health_check_interval; this many missed means down.
 MISSED_HEARTBEATS = 3
+LIVE_DEPLOYMENTS = frozenset({D.STARTING, D.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -45,30 +49,37 @@ class Check:
 
 
 def overall(components: Mapping[str, Mapping[str, Any]], health_interval: float,
-            now: float, problems: Sequence[str] = ()) -> Overall:
+            now: float, problems: Sequence[str] = (), unwritable: str | None = None) -> Overall:
     """healthy | degraded | down, from the components' last records (and trader problems seen
-    since the last record)."""
+    since the last record).
+
+    `unwritable`: why a live daemon cannot write the state DB (a full disk), if it cannot. Its
+    heartbeat then goes stale while it runs: degraded with that reason, not down.
+    """
     daemon = components.get("daemon")
-    stale_after = MISSED_HEARTBEATS * health_interval
-    if (daemon is None or daemon["status"] == Level.STOPPED.value
-            or now - daemon["checked_at"] > stale_after):
+    if daemon is None or daemon["status"] == Level.STOPPED.value:
         return Overall.DOWN
+    if now - daemon["checked_at"] > MISSED_HEARTBEATS * health_interval:
+        return Overall.DOWN if unwritable is None else Overall.DEGRADED
     if problems or any(c["status"] not in GOOD for c in components.values()):
         return Overall.DEGRADED
     return Overall.HEALTHY
 
 
 def explain(components: Mapping[str, Mapping[str, Any]], state: Overall | str,
-            problems: Sequence[str] = ()) -> str:
+            problems: Sequence[str] = (), unwritable: str | None = None) -> str:
     """Why the pipeline is in this state, in a few words."""
     daemon = components.get("daemon")
     if state == Overall.DOWN:
         if daemon is None:
             return "no daemon has run yet"
-        return "the daemon is stopped" if daemon["status"] == Level.STOPPED.value else (
-            "the daemon's heartbeat is stale")
-    bad = [f"{name}: {c['message']}" for name, c in components.items()
-           if c["status"] not in GOOD]
+        if daemon["status"] == Level.STOPPED.value:
+            stopped = datetime.fromtimestamp(daemon["checked_at"], UTC)
+            return f"the daemon stopped at {stopped.isoformat(timespec='seconds')}"
+        return "the daemon's heartbeat is stale"
+    bad = [] if unwritable is None else [unwritable]
+    bad += [f"{name}: {c['message']}" for name, c in components.items()
+            if c["status"] not in GOOD]
     if problems:
         bad.append("deployments: " + ", ".join(problems))
     return "; ".join(bad) if bad else "the daemon is running"
@@ -103,12 +114,12 @@ def check_workers(running: int, workers: int, oldest_running_s: float | None,
 def check_deployments(rows: Sequence[Mapping[str, Any]], heartbeat_timeout: float,
                       now: float) -> Check:
     """Fatal traders, crash loops and stale heartbeats; rows carry trial, status, heartbeat."""
-    fatal = [r["trial"] for r in rows if r["status"] == "fatal"]
+    fatal = [r["trial"] for r in rows if r["status"] == D.FATAL]
     looping = [r["trial"] for r in rows if r.get("crash_loop")]
-    stale = [r["trial"] for r in rows if r["status"] == "running"
+    stale = [r["trial"] for r in rows if r["status"] == D.RUNNING
              and r.get("last_heartbeat") is not None
              and now - r["last_heartbeat"] > heartbeat_timeout]
-    live = sum(1 for r in rows if r["status"] in ("starting", "running"))
+    live = sum(1 for r in rows if r["status"] in LIVE_DEPLOYMENTS)
     problems = [f"{label}: {', '.join(map(str, names))}" for label, names in
                 (("fatal", fatal), ("crash loop", looping), ("stale heartbeat", stale)) if names]
     details = {"live": live, "fatal": fatal, "crash_loop": looping, "stale": stale}

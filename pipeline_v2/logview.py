@@ -25,6 +25,7 @@ from pipeline_v2.store import Store
 from pipeline_v2.supervisor import LOG_FILE as TRADER_LOG
 
 FOLLOW_POLL_S = 0.2
+TAIL_BLOCK = 65536  # bytes read at a time from a log's end
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,11 @@ def parse_line(text: str, source: str, last_ts: float | None = None) -> LogLine:
     return LogLine(last_ts, source, redact(text))
 
 
-def read_file(path: Path, source: str, since: float | None = None) -> list[LogLine]:
-    """Every line of a file, timed; plain lines before the first timed one get `since`."""
-    lines: list[LogLine] = []
+def read_file(path: Path, source: str, since: float | None = None,
+              keep: int | None = None) -> list[LogLine]:
+    """A file's lines, timed (plain lines before the first timed one get `since`), streamed:
+    with `keep`, only the last `keep` are held, whatever the file's size."""
+    lines: deque[LogLine] = deque(maxlen=keep or None)
     last = since
     try:
         with path.open(encoding="utf-8", errors="replace") as fh:
@@ -80,7 +83,34 @@ def read_file(path: Path, source: str, since: float | None = None) -> list[LogLi
                 lines.append(line)
     except FileNotFoundError:
         pass
-    return lines
+    return list(lines)
+
+
+def last_lines(path: Path, count: int, block: int = TAIL_BLOCK) -> list[str]:
+    """The file's last `count` lines, read backwards a block at a time from its end (memory
+    and time bounded by those lines, not by the file)."""
+    if count <= 0:
+        return []
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return []
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        chunks: list[bytes] = []
+        newlines, pos = 0, end
+        while pos > 0 and newlines <= count:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            chunk = fh.read(step)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+    text = b"".join(reversed(chunks)).decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    if pos > 0:
+        lines = lines[1:]  # the first one may be cut: it is not among the last `count` anyway
+    return lines[-count:]
 
 
 def rotated(path: Path) -> list[Path]:
@@ -96,11 +126,38 @@ def daemon_log(config: Config) -> Path:
 
 
 def tail_daemon(config: Config, lines: int) -> list[LogLine]:
-    """The daemon's last `lines` lines, across its rotated files."""
-    out: deque[LogLine] = deque(maxlen=lines)
+    """The daemon's last `lines` lines, across its rotated files, read from their ends."""
+    raw: list[str] = []
+    for path in reversed(rotated(daemon_log(config))):  # newest first, until there are enough
+        raw = last_lines(path, lines - len(raw)) + raw
+        if len(raw) >= lines:
+            break
+    out, last = [], None
+    for text in raw:
+        line = parse_line(text, "daemon", last)
+        last = line.ts
+        out.append(line)
+    return out
+
+
+def daemon_lines_about(config: Config, trial_id: int, ref: str,
+                       keep: int | None = None) -> list[LogLine]:
+    """The daemon's lines about one trial, streamed over its rotated files (only lines naming
+    a trial are parsed; with `keep`, only the last `keep` matches are held)."""
+    found: deque[LogLine] = deque(maxlen=keep or None)
     for path in rotated(daemon_log(config)):
-        out.extend(read_file(path, "daemon"))
-    return list(out)
+        try:
+            fh = path.open(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            continue
+        with fh:
+            for raw in fh:
+                if '"trial' not in raw:  # every line about a trial has trial_id or trial
+                    continue
+                line = parse_line(raw, "daemon")
+                if _is_about(line, trial_id, ref):
+                    found.append(line)
+    return list(found)
 
 
 def _is_about(line: LogLine, trial_id: int, ref: str) -> bool:
@@ -111,9 +168,10 @@ def _is_about(line: LogLine, trial_id: int, ref: str) -> bool:
 TrialFile = tuple[Path, str, float | None]  # path, source name, when it started
 
 
-def trial_sources(store: Store, config: Config, ref: str,
-                  stage: str | None) -> tuple[list[LogLine], list[TrialFile]]:
-    """A trial's audit events and the files that tell its story (stage logs, trader log)."""
+def trial_sources(store: Store, config: Config, ref: str, stage: str | None,
+                  keep: int | None = None) -> tuple[list[LogLine], list[TrialFile]]:
+    """A trial's audit events, the daemon's lines about it (the last `keep` of those), and the
+    files that tell the rest of its story (stage logs, trader log)."""
     trial = store.find_trial(ref)
     stages = store.stages_of(trial.id)
     if stage is not None and stage not in {s.name for s in stages}:
@@ -132,7 +190,7 @@ def trial_sources(store: Store, config: Config, ref: str,
             config.logs_path, trial, "deployments")
         files.append((trader_dir / TRADER_LOG, "trader",
                       deployment.started_at if deployment else None))
-    daemon = [line for line in tail_daemon(config, 10**9) if _is_about(line, trial.id, ref)]
+    daemon = daemon_lines_about(config, trial.id, ref, keep)
     return events + daemon, files
 
 

@@ -104,6 +104,20 @@ def _record_all(store: Store, config: Config, facts: LoopFacts, now: float) -> N
     }))
 
 
+def record_stopped(store: Store, now: float, pid: int, reason: str) -> None:
+    """A clean stop: the daemon `stopped` at `now`, and every component it watched and last found
+    fine `stopped` too (nobody watches it now), in one commit. A component with a problem keeps
+    it (the last thing known, for the post-mortem); each keeps the time of its last check."""
+    with store.transaction():
+        for name, comp in store.health().items():
+            if name != "daemon" and comp["status"] in health.GOOD:
+                store.set_health(name, Level.STOPPED.value,
+                                 f"not watched: the daemon stopped (last check: {comp['message']})",
+                                 comp["checked_at"], comp["details"])
+        store.set_health("daemon", Level.STOPPED.value, f"pid {pid} stopped ({reason})", now,
+                         {"pid": pid, "stopped_at": now, "reason": reason})
+
+
 def loop_metrics(store: Store) -> dict[str, Any]:
     """What the daemon last recorded about its loop (for /metrics)."""
     text = store.get_setting(METRICS_SETTING)

@@ -150,7 +150,7 @@ def trial_view(trial: Trial, stages: list[StageRun], events: list[dict[str, Any]
         table.add_column(column, overflow="fold")
     for stage in stages:
         result = stage_summary(stage)
-        if stage.results and not result:
+        if stage.results and not result and stage.status in VERDICTS:
             result = ", ".join(
                 f"{k}={number(v)}" for k, v in stage.results.items() if isinstance(v, int | float)
             )
@@ -171,6 +171,10 @@ def trial_view(trial: Trial, stages: list[StageRun], events: list[dict[str, Any]
             iso(event["ts"]) or "", event["kind"], event["stage"] or "", event["message"] or ""
         )
     return Group(head, table, trail)
+
+
+# Statuses whose row's metrics are the current verdict's (a skipped or waiting stage has none).
+VERDICTS = frozenset({StageStatus.PASSED, StageStatus.REJECTED, StageStatus.FAILED})
 
 
 def stage_summary(stage: StageRun) -> str:

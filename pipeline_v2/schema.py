@@ -266,6 +266,19 @@ def m009_browse_indexes(db: Database) -> None:
     )
 
 
+@migrations()
+def m011_events_by_kind(db: Database) -> None:
+    """/metrics counts events from indexes alone instead of scanning the audit trail on every
+    scrape: gate rejections and crash loops by (kind, stage); attempt outcomes, the events
+    leaving `running`, by (old_status, stage, new_status) — in GROUP BY order."""
+    db.executescript(
+        """
+        CREATE INDEX events_kind ON events (kind, stage);
+        CREATE INDEX events_leaving ON events (old_status, stage, new_status, kind);
+        """
+    )
+
+
 def known_migrations() -> list[str]:
     """Every migration this version knows, in order."""
     return [fn.__name__ for fn in MIGRATIONS]

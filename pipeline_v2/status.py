@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipeline_v2 import health
+from pipeline_v2.lock import daemon_pid
 from pipeline_v2.models import DeploymentStatus, TrialStatus
 
 if TYPE_CHECKING:
@@ -14,6 +16,8 @@ if TYPE_CHECKING:
 
 # A trader restarting after this many crashes in its window is crash-looping: degraded.
 CRASHES_DEGRADE = 2
+# Less free space than this under the state DB: a daemon whose heartbeat is stale cannot write.
+FULL_BELOW_BYTES = 1 << 20
 
 
 def iso(ts: float | None) -> str | None:
@@ -37,17 +41,40 @@ def deployment_problems(rows: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def unwritable(components: dict[str, dict[str, Any]], config: Config, now: float) -> str | None:
+    """Why the daemon cannot record its heartbeat, when it is stale because the disk under the
+    state DB is full while the daemon still holds its lock (it runs, but nothing it writes
+    lands: it says so in its log, and this is the only place that can)."""
+    daemon = components.get("daemon")
+    stale_after = health.MISSED_HEARTBEATS * config.daemon.health_check_interval
+    if (daemon is None or daemon["status"] == health.Level.STOPPED.value
+            or now - daemon["checked_at"] <= stale_after):
+        return None
+    pid = daemon_pid(config.state_db_path)
+    if pid is None or pid <= 0:
+        return None
+    folder = config.state_db_path.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= FULL_BELOW_BYTES:
+        return None
+    return (f"disk: full ({free} bytes free in {folder}): the daemon (pid {pid}) runs but "
+            f"cannot write {config.state_db_path.name}; nothing new starts until space returns")
+
+
 def pipeline_health(components: dict[str, dict[str, Any]], config: Config, now: float,
-                    problems: list[str] | None = None) -> str:
+                    problems: list[str] | None = None, blocked: str | None = None) -> str:
     """healthy | degraded | down, from the components' last records and the traders."""
     return health.overall(components, config.daemon.health_check_interval, now,
-                          problems or ()).value
+                          problems or (), blocked).value
 
 
 def health_detail(components: dict[str, dict[str, Any]], state: str,
-                  problems: list[str] | None = None) -> str:
+                  problems: list[str] | None = None, blocked: str | None = None) -> str:
     """Why the pipeline is in this state, in a few words."""
-    return health.explain(components, state, problems or ())
+    return health.explain(components, state, problems or (), blocked)
 
 
 def snapshot(store: Store, config: Config, now: float) -> dict[str, Any]:
@@ -57,11 +84,12 @@ def snapshot(store: Store, config: Config, now: float) -> dict[str, Any]:
     last_check = store.get_setting("last_check")
     deployments = store.deployment_rows()
     problems = deployment_problems(deployments)
-    state = pipeline_health(components, config, now, problems)
+    blocked = unwritable(components, config, now)
+    state = pipeline_health(components, config, now, problems, blocked)
     stage_counts = store.stage_counts()  # one grouped query for every stage
     data: dict[str, Any] = {
         "pipeline": state,
-        "pipeline_detail": health_detail(components, state, problems),
+        "pipeline_detail": health_detail(components, state, problems, blocked),
         **{f"trials_{status.value}": counts.get(status.value, 0) for status in TrialStatus},
         "trials_total": sum(counts.values()),
         "last_check": iso(float(last_check)) if last_check else None,
@@ -84,10 +112,11 @@ def health_report(store: Store, config: Config, now: float) -> dict[str, Any]:
     """`pipeline health --json` and `GET /health`: the overall state and every component."""
     components = store.health()
     problems = deployment_problems(store.deployment_rows())
-    state = pipeline_health(components, config, now, problems)
+    blocked = unwritable(components, config, now)
+    state = pipeline_health(components, config, now, problems, blocked)
     return {
         "status": state,
-        "detail": health_detail(components, state, problems),
+        "detail": health_detail(components, state, problems, blocked),
         "components": {
             name: {"status": c["status"], "message": c["message"],
                    "checked_at": iso(c["checked_at"]), "details": c["details"]}

@@ -164,6 +164,30 @@ def test_a_corrupt_state_db_is_refused_by_every_command_in_one_line(
         assert hashlib.sha256(db.read_bytes()).hexdigest() == before, args
 
 
+def test_a_reader_meeting_a_corrupt_page_says_so_in_one_line(invoke, tmp_path: Path) -> None:
+    """quick_check's verdict for several bad pages spans lines; the error stays one line."""
+    stages_workspace(tmp_path, {"a": {"run": "tests.fixtures.stages:ok"}}, trials=3)
+    assert invoke("discover").exit_code == 0
+    db = tmp_path / "pipeline_v2.db"
+    gc.collect()  # the CLI's connections
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    roots = [r[0] for r in conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE type = 'table' AND rootpage > 1")]
+    conn.close()
+    data = bytearray(db.read_bytes())
+    for root in roots:  # every table's root page: whatever a reader reads is corrupt
+        data[(root - 1) * 4096:root * 4096] = bytes([0xA5]) * 4096
+    db.write_bytes(bytes(data))
+    for args in (["status", "--json"], ["trials"]):
+        result = invoke(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.startswith(
+            f"error: {db}: the state DB is corrupt (PRAGMA quick_check: *** in database main "
+            "*** Page "), (args, result.stderr)
+        assert result.stderr.count("\n") == 1, (args, result.stderr)
+
+
 def test_state_db_naming_a_directory_is_one_line(invoke, tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     (tmp_path / "stages.json").write_text(json.dumps({"state_db": "state"}))

@@ -12,7 +12,7 @@ from pipeline_v2.discovery import Discovery
 from pipeline_v2.optuna_source import POLL_BUSY_TIMEOUT_S, RdbSource
 from pipeline_v2.status import pipeline_health
 from pipeline_v2.store import Store
-from tests.optuna_helpers import STORAGE_KINDS, complete, make_study, storage_url
+from tests.optuna_helpers import FILE_KINDS, STORAGE_KINDS, complete, make_study, storage_url
 
 
 def setup(tmp_path: Path, kind: str):
@@ -100,3 +100,39 @@ def test_a_model_dir_template_that_raises_flags_the_trial(tmp_path: Path) -> Non
     assert row.model_dir == ""
     assert row.flags == ["model_dir_unresolved: TypeError('unsupported format string passed to "
                          "NoneType.__format__')"]
+
+
+@pytest.mark.parametrize("flag", [(), ("--json",)], ids=["text", "json"])
+@pytest.mark.parametrize("kind", FILE_KINDS)
+def test_discover_with_a_missing_storage_prints_only_the_error(
+        invoke, tmp_path: Path, kind: str, flag: tuple[str, ...]) -> None:
+    """No "0 new in ... ms" before the error: the storage could not be read at all."""
+    import json
+
+    url = storage_url(kind, tmp_path)
+    (tmp_path / "stages.json").write_text(json.dumps(
+        {"optuna": {"storage": url, "studies": ["s"]}, "state_db": "p.db"}))
+    result = invoke("discover", *flag)
+    where = tmp_path / ("optuna.db" if kind == "sqlite" else "journal.log")
+    noun = "SQLite file" if kind == "sqlite" else "journal file"
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == f'error: optuna.storage: no {noun} at "{where}"\n'
+
+
+def test_discover_with_an_unreachable_server_prints_only_the_error(
+        invoke, tmp_path: Path) -> None:
+    import json
+    import socket
+
+    pytest.importorskip("psycopg2", reason="the postgresql extra is not installed")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "stages.json").write_text(json.dumps({"optuna": {
+        "storage": f"postgresql://u:secret@127.0.0.1:{port}/db", "studies": ["s"]},
+        "state_db": "p.db"}))
+    result = invoke("discover")
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.startswith(
+        f"error: optuna.storage: cannot read 'postgresql://u:***@127.0.0.1:{port}/db': ")
+    assert result.stderr.count("\n") == 1 and "secret" not in result.stderr

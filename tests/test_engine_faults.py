@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -205,7 +206,10 @@ def test_a_full_disk_starts_nothing_charges_nothing_and_recovers(
     messages = [e["message"] for e in store.events_of(trial.id)]
     assert ("attempt 1 requeued, not charged: cannot start: OSError: [Errno 28] No space left "
             "on device") in messages
-    assert store.health()["disk"]["status"] == "ok"
+    disk = store.health()["disk"]  # recovered, then the daemon stopped: no longer watched
+    assert disk["status"] == "stopped"
+    assert re.fullmatch(r"not watched: the daemon stopped \(last check: \d+% used\)",
+                        disk["message"]), disk
 
 
 class FullDisk:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -46,7 +47,63 @@ def test_storage_vanishing_degrades_and_returning_heals(tmp_path: Path, invoke) 
     result = invoke("health", "--json", "--config", str(path))
     assert result.exit_code == 2, result.output
     assert json.loads(result.stdout)["status"] == "down"
-    assert json.loads(result.stdout)["detail"] == "the daemon is stopped"
+    assert json.loads(result.stdout)["detail"].startswith("the daemon stopped at ")
+
+
+def test_a_clean_stop_leaves_no_stale_ok(tmp_path: Path, invoke) -> None:
+    """After SIGTERM every component the daemon watched says `stopped`; health says since when,
+    from the CLI and from /health (served by `pipeline dashboard` while no daemon runs)."""
+    from pipeline_v2.config import load_config
+    from pipeline_v2.http.server import HttpService
+
+    path = workspace(tmp_path, {"a": stage("ok")}, daemon={
+        "check_interval": 0.1, "health_check_interval": 2, "http": "127.0.0.1:0"})
+    with_daemon(path, lambda base: wait_for(lambda: get_json(f"{base}/health")[0] == 200))
+    result = invoke("health", "--json", "--config", str(path))
+    assert result.exit_code == 2, result.output
+    report = json.loads(result.stdout)
+    components = report["components"]
+    daemon = components.pop("daemon")
+    assert report["status"] == "down"
+    assert report["detail"] == f"the daemon stopped at {daemon['checked_at']}"
+    assert daemon["status"] == "stopped"
+    assert daemon["message"] == f"pid {daemon['details']['pid']} stopped (signal)"
+    assert {"discovery", "workers", "state_db", "disk", "http"} <= set(components)
+    assert {c["status"] for c in components.values()} == {"stopped"}, components
+    assert re.fullmatch(r"not watched: the daemon stopped \(last check: [01]/2 busy\)",
+                        components["workers"]["message"]), components["workers"]
+    text = invoke("health", "--config", str(path))
+    assert text.stdout.splitlines()[0] == (
+        f"pipeline down (the daemon stopped at {daemon['checked_at']})")
+    service = HttpService(lambda: load_config(path), address="127.0.0.1:0")
+    assert service.start()
+    try:
+        assert service.bound is not None
+        code, body = get_json(f"http://127.0.0.1:{service.bound[1]}/health")
+    finally:
+        service.stop()
+    assert (code, body["status"], body["detail"]) == (503, "down", report["detail"])
+    assert body["components"]["discovery"]["status"] == "stopped"
+
+
+def test_a_stopped_daemon_keeps_its_components_problems(tmp_path: Path) -> None:
+    """A component with a problem keeps it through a clean stop: the last thing known."""
+    from pipeline_v2 import monitor
+
+    path = workspace(tmp_path, {"a": stage("ok")})
+    store = store_for(path)
+    store.set_health("disk", "warning", "95% used", 10.0)
+    store.set_health("workers", "ok", "0/2 busy", 11.0)
+    monitor.record_stopped(store, 20.0, 4242, "idle")
+    components = store.health()
+    assert (components["disk"]["status"], components["disk"]["message"],
+            components["disk"]["checked_at"]) == ("warning", "95% used", 10.0)
+    assert (components["workers"]["status"], components["workers"]["checked_at"]) == (
+        "stopped", 11.0)
+    assert (components["daemon"]["status"], components["daemon"]["message"],
+            components["daemon"]["checked_at"]) == ("stopped", "pid 4242 stopped (idle)", 20.0)
+    assert health.explain(components, Overall.DOWN) == (
+        "the daemon stopped at 1970-01-01T00:00:20+00:00")
 
 
 def _record(path: Path, **components: str) -> None:
@@ -88,6 +145,12 @@ def test_overall_decision_is_pure() -> None:
     stale = running | {"checked_at": now - 181}
     assert health.overall({"daemon": stale}, 60, now) == Overall.DOWN
     assert health.explain({"daemon": stale}, Overall.DOWN) == "the daemon's heartbeat is stale"
+    # A live daemon that cannot write its heartbeat (a full disk): degraded with the reason.
+    full = "disk: full (0 bytes free in /srv): the daemon (pid 7) runs but cannot write x.db"
+    assert health.overall({"daemon": stale}, 60, now, (), full) == Overall.DEGRADED
+    assert health.explain({"daemon": stale}, Overall.DEGRADED, (), full) == full
+    stopped = running | {"status": "stopped"}
+    assert health.overall({"daemon": stopped}, 60, now, (), full) == Overall.DOWN
     problems = ["s:3 crash-looping (2 crashes)"]  # seen by `status` between health records
     assert health.overall({"daemon": running}, 60, now, problems) == Overall.DEGRADED
     assert health.explain({"daemon": running}, Overall.DEGRADED, problems) == (
@@ -110,6 +173,24 @@ def test_component_checks() -> None:
     assert health.check_discovery(0.0, 1.0, "ok", None, now=10.0).level == Level.ERROR
     assert health.check_discovery(9.0, 1.0, "ok", None, now=10.0) is None
     assert health.check_discovery(9.0, 1.0, "ok", "gone", now=10.0) == Check(Level.ERROR, "gone")
+
+
+def test_health_compares_deployment_statuses_as_enums() -> None:
+    """health.py names deployment statuses through models.DeploymentStatus, never as strings."""
+    import ast
+
+    from pipeline_v2.models import DeploymentStatus
+
+    tree = ast.parse(Path(health.__file__).read_text(encoding="utf-8"))
+    names = {s.value for s in DeploymentStatus} - {s.value for s in Level}
+    literals = [node.value for node in ast.walk(tree) if isinstance(node, ast.Compare)
+                for side in (node.left, *node.comparators) for node in ast.walk(side)
+                if isinstance(node, ast.Constant) and node.value in names]
+    assert literals == []
+    rows = [{"trial": f"s:{i}", "status": s, "last_heartbeat": None}
+            for i, s in enumerate(DeploymentStatus)]
+    check = health.check_deployments(rows, heartbeat_timeout=10, now=100.0)
+    assert (check.details["live"], check.details["fatal"]) == (2, ["s:5"])
 
 
 def test_discovery_reports_a_vanished_storage_file_not_the_old_one(tmp_path: Path) -> None:

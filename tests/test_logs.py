@@ -211,3 +211,76 @@ def test_trial_logs_unknown_stage_is_a_usage_error(tmp_path: Path, invoke) -> No
     result = invoke("logs", "s:0", "--stage", "nosuch", "--config", str(path))
     assert result.exit_code == 2
     assert result.stderr == 'error: trial s:0 has no stage "nosuch" (stages: a)\n'
+
+
+def _peak(fn):
+    """What `fn` returns and the most memory Python held while it ran (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_trial_logs_stream_the_daemon_log(tmp_path: Path, invoke) -> None:
+    """One trial's lines are picked out of a large daemon log without holding all of it."""
+    from pipeline_v2 import logview
+    from pipeline_v2.config import load_config
+    from tests.engine_helpers import store_for
+
+    path = workspace(tmp_path, {"a": {"run": f"{FIX}:ok"}})
+    assert run(path).idle
+    config, store = load_config(path), store_for(path)
+    trial = store.find_trial("s:0")
+    log = config.logs_path / logs.LOG_FILE
+    other = json.dumps({"trial": "s:1", "trial_id": 99, "stage": "a", "event": "ran",
+                        "padding": "x" * 150, "level": "info",
+                        "timestamp": "2026-01-01T00:00:00Z"}) + "\n"
+    with log.open("a") as fh:  # ~12 MB about another trial, then two lines about ours
+        fh.write(other * 60_000)
+        for i in range(2):
+            fh.write(json.dumps({"trial": "s:0", "event": "mine", "i": i, "level": "info",
+                                 "timestamp": "2099-01-01T00:00:01Z"}) + "\n")
+    (events, _), peak = _peak(lambda: logview.trial_sources(store, config, "s:0", None, 50))
+    mine = [line.data["i"] for line in events if line.data and line.data.get("event") == "mine"]
+    assert mine == [0, 1]
+    assert all(line.data.get("trial_id") in (None, trial.id) for line in events if line.data)
+    assert peak < 2_000_000, f"{peak} bytes held to filter one trial"
+    result = invoke("logs", "s:0", "--json", "--lines", "2", "--config", str(path))
+    assert [json.loads(line)["data"].get("i") for line in result.stdout.splitlines()] == [0, 1]
+
+
+def test_daemon_logs_read_the_last_lines_from_the_end(tmp_path: Path, invoke) -> None:
+    """`pipeline logs -n N` reads N lines from the end, not the whole file (here 64 MB of a
+    sparse hole before them), across a rotation boundary."""
+    from pipeline_v2 import logview
+    from pipeline_v2.config import load_config
+
+    path = workspace(tmp_path, {"a": {"run": f"{FIX}:ok"}})
+    config = load_config(path)
+    config.logs_path.mkdir(parents=True, exist_ok=True)
+    log = config.logs_path / logs.LOG_FILE
+    older = config.logs_path / (logs.LOG_FILE + ".1")
+
+    def line(i: int) -> str:
+        return json.dumps({"event": "tick", "i": i, "level": "info",
+                           "timestamp": f"2026-01-01T00:00:{i:02d}Z"}) + "\n"
+
+    with older.open("w") as fh:
+        fh.truncate(64 << 20)
+        fh.seek(64 << 20)
+        fh.write(line(1) + line(2))
+    log.write_text(line(3) + "a plain line\n" + line(4))
+    tail, peak = _peak(lambda: logview.tail_daemon(config, 4))
+    assert [(t.data or {}).get("i", t.text) for t in tail] == [2, 3, "a plain line", 4]
+    assert tail[2].ts == tail[1].ts  # a plain line takes the time of the line before it
+    assert peak < 2_000_000, f"{peak} bytes held for 4 lines"
+    result = invoke("logs", "-n", "2", "--json", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x).get("text") or json.loads(x)["data"]["i"]
+            for x in result.stdout.splitlines()] == ["a plain line", 4]
+    assert logview.last_lines(log, 0) == [] and logview.last_lines(log, 9, block=7) == [
+        line(3).strip(), "a plain line", line(4).strip()]

@@ -68,3 +68,33 @@ def test_a_passed_trial_does_not_show_an_old_retry_as_its_reason(tmp_path: Path,
     assert trial.status.value == "passed"
     assert trial.reason is None
     assert "retry by hand" not in invoke("trials").stdout
+
+
+def test_show_presents_a_retried_then_skipped_stage_as_skipped(tmp_path: Path,
+                                                               invoke) -> None:
+    """A stage's row is its current state: a retried stage waits with no result, a skipped one
+    says so; the rejected attempt's metrics are history (the events' data), not current."""
+    path = workspace(tmp_path, {"a": {"run": f"{FIX}:ok", "max_attempts": 1,
+                                      "gates": {"sharpe": ">= 5"}},
+                                "b": {"run": f"{FIX}:ok", "max_attempts": 1}})
+    run(path)
+    shown = invoke("show", "0")
+    assert "sharpe" in shown.stdout.split("events")[0]  # rejected: its verdict and metrics
+    assert invoke("retry", "0").exit_code == 0
+    data = json.loads(invoke("show", "0", "--json").stdout)
+    a = data["stages"][0]
+    assert (a["status"], a["results"], a["reason"]) == ("pending", None, None)
+    assert invoke("skip", "0", "a").exit_code == 0
+    shown = invoke("show", "0")
+    assert shown.exit_code == 0, shown.output
+    rows = [line.split() for line in shown.stdout.split("events")[0].splitlines()]
+    assert ["a", "skipped", "0", "-", "skipped", "by", "hand"] in rows, shown.stdout
+    assert "sharpe" not in shown.stdout.split("events")[0], shown.stdout
+    assert "\nreason a skipped\n" in shown.stdout
+    data = json.loads(invoke("show", "0", "--json").stdout)
+    a = data["stages"][0]
+    assert (a["status"], a["results"], a["reason"]) == ("skipped", None, "skipped by hand")
+    retried = [e for e in data["events"] if e["kind"] == "stage.pending" and e["stage"] == "a"
+               and e["old_status"] == "rejected"]
+    assert retried[0]["data"]["results"]["sharpe"] == 1.5  # the history keeps the metrics
+    assert retried[0]["data"]["reason"].startswith("sharpe 1.5 < 5")

@@ -139,6 +139,8 @@ def discover(config: ConfigPath = None, json_: JsonFlag = False) -> None:
 
     cfg, store = open_workspace(config)
     result = Discovery(cfg, store).poll()
+    if result.errors and not result.new:  # the storage itself failed: the one line, no summary
+        raise fail(result.errors[0])
     if json_:
         typer.echo(render_json.to_json(result))
     else:
@@ -147,7 +149,7 @@ def discover(config: ConfigPath = None, json_: JsonFlag = False) -> None:
         for name in result.missing:
             typer.echo(f"{name}: not in the storage (yet)")
         typer.echo(f"{result.total} new in {result.seconds * 1000:.1f} ms")
-    if result.errors:
+    if result.errors:  # a study failed; what the others found is recorded and shown above
         raise fail(result.errors[0])
 
 

@@ -59,10 +59,11 @@ def logs(
         files = [(logview.daemon_log(cfg), "daemon")]
     else:
         cfg, store = open_workspace(config)
-        events, trial_files = logview.trial_sources(store, cfg, trial, stage)
+        keep = lines or None  # each source's last N hold the merged last N: bounded memory
+        events, trial_files = logview.trial_sources(store, cfg, trial, stage, keep)
         store.close()
         history = logview.interleave(
-            [events, *(logview.read_file(*f) for f in trial_files)], lines)
+            [events, *(logview.read_file(*f, keep=keep) for f in trial_files)], lines)
         files = [(path, name) for path, name, _ in trial_files]
     follower = logview.Follower(files) if follow else None  # opened before printing history
 

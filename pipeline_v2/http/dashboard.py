@@ -128,8 +128,9 @@ def trial(req: Request) -> Response:
     except NotFoundError as exc:
         return _error_page(req, 404, str(exc))
     stages = req.store.stages_of(found.id)
-    events, files = logview.trial_sources(req.store, req.config, ref, None)
-    tail = logview.interleave([events, *(logview.read_file(*f) for f in files)], LOG_LINES)
+    events, files = logview.trial_sources(req.store, req.config, ref, None, LOG_LINES)
+    tail = logview.interleave([events, *(logview.read_file(*f, keep=LOG_LINES) for f in files)],
+                              LOG_LINES)
     sections = [
         ("summary", "", trial_pages.trial_summary(found), True),
         ("actions", "Actions", pages.actions_form([s.name for s in stages],

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pipeline_v2.config import Config
 from pipeline_v2.models import DeploymentStatus, TrialStatus
 from pipeline_v2.monitor import loop_metrics
-from pipeline_v2.status import pipeline_health
+from pipeline_v2.status import pipeline_health, unwritable
 from pipeline_v2.store import Store, observe
 
 P = "pipeline"
@@ -115,7 +115,8 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily(f"{P}_last_heartbeat_timestamp_seconds", "Unix time of the "
                                 "daemon's last heartbeat.",
                                 value=daemon["checked_at"] if daemon else 0.0)
-        state = pipeline_health(components, config, now)
+        state = pipeline_health(components, config, now, None,
+                                unwritable(components, config, now))
         healthy = GaugeMetricFamily(f"{P}_health", "1 for the pipeline's current state.",
                                     labels=["state"])
         for name in ("healthy", "degraded", "down"):

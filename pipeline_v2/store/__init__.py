@@ -53,6 +53,7 @@ def corrupt_message(config: Config) -> str:
             conn.close()
     except sqlite3.DatabaseError as exc:
         detail = str(exc)
+    detail = " ".join(detail.split())  # quick_check's verdicts span lines; the message is one
     return f"{db}: the state DB is corrupt (PRAGMA quick_check: {detail})"
 
 

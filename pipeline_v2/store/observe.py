@@ -51,10 +51,15 @@ def trials_page(store: Store, status: str | None, limit: int, offset: int) -> di
             "trials": [to_trial(r) for r in rows]}
 
 
+# Both read from an index alone (m011: events_leaving, events_kind), never the audit trail.
+ATTEMPT_OUTCOMES = ("SELECT stage, new_status, COUNT(*) FROM events WHERE old_status = 'running'"
+                    " AND kind LIKE 'stage.%' GROUP BY 1, 2")
+EVENT_COUNTS = "SELECT stage, COUNT(*) FROM events WHERE kind = ? GROUP BY 1"
+
+
 def attempt_outcomes(store: Store) -> dict[tuple[str, str], int]:
     """Finished attempts by (stage, outcome), from the audit trail."""
-    rows = _all(store, "SELECT stage, new_status, COUNT(*) FROM events WHERE kind LIKE 'stage.%'"
-                       " AND old_status = 'running' GROUP BY 1, 2")
+    rows = _all(store, ATTEMPT_OUTCOMES)
     return {(r[0], _OUTCOMES.get(r[1], r[1])): r[2] for r in rows}
 
 
@@ -72,7 +77,7 @@ def stage_durations(store: Store) -> dict[str, tuple[list[int], float, int]]:
 
 def event_counts(store: Store, kind: str) -> dict[str | None, int]:
     """How many events of this kind, by stage."""
-    rows = _all(store, "SELECT stage, COUNT(*) FROM events WHERE kind = ? GROUP BY 1", [kind])
+    rows = _all(store, EVENT_COUNTS, [kind])
     return {r[0]: r[1] for r in rows}
 
 

@@ -114,24 +114,36 @@ class StagesMixin(TrialsMixin):
 
     def reset_stages(self, trial: Trial, stages: Sequence[StageRun], stage_pos: int,
                      new: TrialStatus, now: float, why: str) -> None:
-        """Put stages back to pending with attempts reset, and the trial back in processing."""
+        """Put stages back to pending with attempts reset, and the trial back in processing.
+
+        A stage row holds its current state only: the verdict's metrics go with it, kept in
+        this event's data (`pipeline show` lists them under the events, never as current)."""
         with self.transaction():
             for stage in stages:
                 self.set_stage_status(stage, StageStatus.PENDING, now, why, attempts=0,
                                       interruptions=0, next_attempt_at=None,
                                       finished_at=None, error_message=None,
-                                      error_traceback=None, reason=None)
+                                      error_traceback=None, reason=None, results=None,
+                                      event_data=_earlier(stage))
             self.set_trial_status(trial, new, now, why, stage_pos=stage_pos)
 
     def skip_stage(self, trial: Trial, stage: StageRun, stage_pos: int, new: TrialStatus | None,
                    now: float, also_skip: Sequence[str] = ()) -> None:
-        """Mark a stage skipped by hand (and disabled ones after it) and move the trial on."""
+        """Mark a stage skipped by hand (and disabled ones after it) and move the trial on.
+
+        Skipped is the stage's whole state: an earlier verdict's metrics and error move into
+        this event's data."""
         with self.transaction():
-            self.set_stage_status(stage, StageStatus.SKIPPED, now, "skipped by hand")
+            self.set_stage_status(stage, StageStatus.SKIPPED, now, "skipped by hand",
+                                  reason="skipped by hand", results=None, error_message=None,
+                                  error_traceback=None, event_data=_earlier(stage))
             for later in self.stages_of(trial.id):
                 if later.name in also_skip and later.status == StageStatus.PENDING:
                     self.set_stage_status(later, StageStatus.SKIPPED, now, "disabled")
             self._move_trial(trial, new, stage_pos, now, f"{stage.name} skipped")
+            if new is not None and new == trial.status:  # the old reason (a retry) is history
+                self.conn.execute("UPDATE trials SET reason = ? WHERE id = ?",
+                                  [f"{stage.name} skipped", trial.id])
 
     def pause_trial(self, trial: Trial, now: float) -> None:
         """Live trial -> paused, remembering where it was."""
@@ -152,3 +164,11 @@ class StagesMixin(TrialsMixin):
                 if stage.status in (StageStatus.PENDING, StageStatus.RUNNING):
                     self.set_stage_status(stage, StageStatus.CANCELLED, now, "cancelled")
             self.set_trial_status(trial, TrialStatus.CANCELLED, now, "cancelled by hand")
+
+
+def _earlier(stage: StageRun) -> dict[str, Any] | None:
+    """What a stage leaving its verdict had (for the event that records it), if anything."""
+    earlier = {"results": stage.results, "reason": stage.reason,
+               "error_message": stage.error_message}
+    kept = {k: v for k, v in earlier.items() if v}
+    return kept or None

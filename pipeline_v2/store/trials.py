@@ -80,12 +80,12 @@ class TrialsMixin(BaseStore):
 
     def set_stage_status(
         self, stage: StageRun, new: StageStatus, now: float, message: str | None = None,
-        **sets: Any,
+        *, event_data: dict[str, Any] | None = None, **sets: Any,
     ) -> None:
         """Change a stage's status and record the event, in the caller's transaction."""
         self._transition("stages", stage.id, stage.status, new, now, **sets)
         self.add_event(f"stage.{new.value}", now, stage.trial_id, stage.name,
-                       stage.status.value, new.value, message)
+                       stage.status.value, new.value, message, event_data)
 
     # -- discovery ------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A full disk under the state DB and the logs: a 2 MB tmpfs filled to the last byte while the
+"""A full disk under the state DB and the logs: a 16 MB tmpfs filled to the last byte while the
 daemon runs, then emptied. Expected: `degraded` with the reason, nothing charged to trials,
 work resuming when space returns. Needs root and a working `mount`; else skipped, saying why."""
 
@@ -19,18 +19,19 @@ from tests.chaos.harness import TALLY, DaemonUnderFire, StatusReaders, run_until
 
 pytestmark = pytest.mark.chaos
 
-ITEM10 = ("issue 9 item 10, still open after rel-engine: with the state DB's disk full, "
-          "`status` says down (the daemon's heartbeat is stale), not degraded")
+# Larger than SQLite's WAL autocheckpoint (1000 pages, 4 MB): on a smaller disk the WAL alone
+# fills it before its first checkpoint, full or not, and no daemon could ever get it back.
+DISK_SIZE = "16m"
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB tmpfs, or a skip naming why there is none."""
+    """A small tmpfs, or a skip naming why there is none."""
     if os.geteuid() != 0:
         pytest.skip("a full disk needs a small tmpfs: mounting one needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
@@ -58,7 +59,6 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-@pytest.mark.xfail(strict=False, reason=ITEM10)
 def test_disk_full_then_space_returns(make_workspace, small_disk: Path) -> None:
     ws = make_workspace(trials=16, seed=61, state_dir=small_disk, logs_dir=small_disk / "logs")
     daemon = DaemonUnderFire(ws)
@@ -76,7 +76,10 @@ def test_disk_full_then_space_returns(make_workspace, small_disk: Path) -> None:
         alive_after = daemon.proc is not None and daemon.proc.poll() is None
     assert status.returncode == 0, status.stderr[-2000:]
     data = json.loads(status.stdout)
-    assert data["pipeline"] == "degraded" and "disk" in data["pipeline_detail"], data
+    # The daemon cannot write its heartbeat: `status` sees it alive (its lock) on a full disk.
+    assert data["pipeline"] == "degraded", data
+    assert data["pipeline_detail"].startswith("disk: full ("), data
+    assert f"cannot write {ws.state_db.name}; nothing new starts" in data["pipeline_detail"], data
     assert alive_when_full and alive_after, ws.root.joinpath("daemon.out").read_text()[-3000:]
     daemon.terminate()
     assert run_until_idle(daemon, timeout=180) == 0

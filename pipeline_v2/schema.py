@@ -266,6 +266,110 @@ def m009_browse_indexes(db: Database) -> None:
     )
 
 
+
+@migrations()
+def m010_status_counts(db: Database) -> None:
+    """Trials per status and stages per (name, status) kept by triggers: `status`, the
+    dashboard and /metrics read a handful of rows instead of grouping every trial.
+
+    `stage_counts.dead` is 1 only for the pending stages of a rejected, failed or cancelled
+    trial: they will never run, so they are not work waiting (status shows dead = 0 rows).
+    A trial entering or leaving those statuses moves its pending stages between the two.
+    Seeded here from the rows already in the DB, in the migration's transaction.
+    """
+    dead = "('cancelled', 'failed', 'rejected')"  # queries.DEAD_TRIAL when this was written
+
+    def is_dead(row: str) -> str:  # 1 when this stage row is a pending stage of a dead trial
+        return (f"({row}.status = 'pending' AND EXISTS (SELECT 1 FROM trials"
+                f" WHERE id = {row}.trial_id AND status IN {dead}))")
+
+    def add_stage(row: str) -> str:
+        return (f"INSERT INTO stage_counts (stage_name, status, dead, n) VALUES"
+                f" ({row}.stage_name, {row}.status, {is_dead(row)}, 1)"
+                " ON CONFLICT (stage_name, status, dead) DO UPDATE SET n = n + 1;")
+
+    def drop_stage(row: str) -> str:
+        return (f"UPDATE stage_counts SET n = n - 1 WHERE stage_name = {row}.stage_name"
+                f" AND status = {row}.status AND dead = {is_dead(row)};")
+
+    def move_pending(trial: str, was: str, now: str) -> str:
+        """The trial's pending stages leave the `was` bucket for the `now` one."""
+        return (
+            "UPDATE stage_counts SET n = n - (SELECT COUNT(*) FROM stages s"
+            f" WHERE s.trial_id = {trial}.id AND s.status = 'pending'"
+            " AND s.stage_name = stage_counts.stage_name)"
+            f" WHERE status = 'pending' AND dead = {was} AND stage_name IN"
+            f" (SELECT stage_name FROM stages WHERE trial_id = {trial}.id AND status = 'pending');"
+            " INSERT INTO stage_counts (stage_name, status, dead, n)"
+            f" SELECT stage_name, 'pending', {now}, COUNT(*) FROM stages"
+            f" WHERE trial_id = {trial}.id AND status = 'pending' GROUP BY stage_name"
+            " ON CONFLICT (stage_name, status, dead) DO UPDATE SET n = n + excluded.n;"
+        )
+
+    db.executescript(
+        f"""
+        CREATE TABLE trial_counts (
+            status TEXT PRIMARY KEY,
+            n INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE stage_counts (
+            stage_name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            dead INTEGER NOT NULL,     -- 1: pending behind a rejected/failed/cancelled trial
+            n INTEGER NOT NULL,
+            PRIMARY KEY (stage_name, status, dead)
+        ) WITHOUT ROWID;
+        INSERT INTO trial_counts (status, n) SELECT status, COUNT(*) FROM trials GROUP BY 1;
+        INSERT INTO stage_counts (stage_name, status, dead, n)
+            SELECT s.stage_name, s.status,
+                   COALESCE(s.status = 'pending' AND t.status IN {dead}, 0), COUNT(*)
+            FROM stages s LEFT JOIN trials t ON t.id = s.trial_id GROUP BY 1, 2, 3;
+
+        CREATE TRIGGER trial_counts_insert AFTER INSERT ON trials BEGIN
+            INSERT INTO trial_counts (status, n) VALUES (new.status, 1)
+                ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER trial_counts_delete AFTER DELETE ON trials BEGIN
+            UPDATE trial_counts SET n = n - 1 WHERE status = old.status;
+        END;
+        CREATE TRIGGER trial_counts_update AFTER UPDATE OF status ON trials
+        WHEN old.status IS NOT new.status BEGIN
+            UPDATE trial_counts SET n = n - 1 WHERE status = old.status;
+            INSERT INTO trial_counts (status, n) VALUES (new.status, 1)
+                ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        -- A trial dying (or coming back by a retry) moves its pending stages across.
+        CREATE TRIGGER stage_counts_trial_dies AFTER UPDATE OF status ON trials
+        WHEN old.status NOT IN {dead} AND new.status IN {dead} BEGIN
+            {move_pending("new", "0", "1")}
+        END;
+        CREATE TRIGGER stage_counts_trial_revives AFTER UPDATE OF status ON trials
+        WHEN old.status IN {dead} AND new.status NOT IN {dead} BEGIN
+            {move_pending("new", "1", "0")}
+        END;
+        -- Stages outliving their dead trial (only with foreign keys off) count as live again,
+        -- as a plain join would count them.
+        CREATE TRIGGER stage_counts_trial_deleted AFTER DELETE ON trials
+        WHEN old.status IN {dead} BEGIN
+            {move_pending("old", "1", "0")}
+        END;
+
+        CREATE TRIGGER stage_counts_insert AFTER INSERT ON stages BEGIN
+            {add_stage("new")}
+        END;
+        CREATE TRIGGER stage_counts_delete AFTER DELETE ON stages BEGIN
+            {drop_stage("old")}
+        END;
+        CREATE TRIGGER stage_counts_update AFTER UPDATE OF status, stage_name, trial_id ON stages
+        WHEN old.status IS NOT new.status OR old.stage_name IS NOT new.stage_name
+             OR old.trial_id IS NOT new.trial_id BEGIN
+            {drop_stage("old")}
+            {add_stage("new")}
+        END;
+        """
+    )
+
+
 def known_migrations() -> list[str]:
     """Every migration this version knows, in order."""
     return [fn.__name__ for fn in MIGRATIONS]

@@ -44,7 +44,7 @@ def _all(store: Store, sql: str, params: list[Any] | None = None) -> list[sqlite
 def trials_page(store: Store, status: str | None, limit: int, offset: int) -> dict[str, Any]:
     """One page of trials in discovery order, with the total for paging."""
     where, params = ("WHERE status = ?", [status]) if status else ("", [])
-    total = _all(store, f"SELECT COUNT(*) FROM trials {where}", params)[0][0]
+    total = store.count_trials(status)
     rows = _all(store, f"SELECT * FROM trials {where} ORDER BY id LIMIT ? OFFSET ?",
                 [*params, limit, offset])
     return {"total": total, "limit": limit, "offset": offset,
@@ -117,7 +117,7 @@ def outbox_state(store: Store) -> tuple[int, int, str | None]:
 
 def trials_total(store: Store) -> int:
     """Every trial ever discovered (or imported): the `new trials` counter."""
-    return int(_all(store, "SELECT COUNT(*) FROM trials")[0][0])
+    return store.count_trials()
 
 
 def state_db_ok(store: Store) -> str | None:

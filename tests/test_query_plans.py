@@ -78,3 +78,35 @@ def test_trials_json_is_an_array_and_jsonl_one_object_per_line(invoke, tmp_path:
     result = invoke("trials", "--json", "--limit", "2", "--offset", "1")
     assert [t["number"] for t in json.loads(result.output)] == [1, 2]
     assert json.loads(invoke("trials", "--json", "--status", "failed").output) == []
+
+
+@pytest.mark.parametrize("read", ["retry_queue", "studies"])
+def test_overview_lists_seek_their_index_never_walk_every_row(tmp_path: Path, read: str) -> None:
+    """The retry queue walks the small retry index in due order (not every pending stage through
+    the status index, then a sort); the study list seeks once per study (not SELECT DISTINCT
+    over every trial's index entry). The state DB is not ANALYZEd, as the daemon leaves it."""
+    from pipeline_v2.store import browse
+
+    store = populated(tmp_path / "p.db")
+    store.conn.execute("UPDATE stages SET next_attempt_at = 5.0 WHERE id % 50 = 0")
+    seen: list[str] = []
+    store.conn.set_trace_callback(seen.append)
+    getattr(browse, read)(store)
+    store.conn.set_trace_callback(None)
+    assert seen
+    for sql in seen:
+        plan = [row[3] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        walks = [d for d in plan if d.startswith(("SCAN trials", "SCAN stages", "SCAN s ",
+                                                   "SCAN t ", "USE TEMP B-TREE"))]
+        assert walks == [], f"{read}: {plan}"
+
+
+def test_studies_lists_each_study_once_in_order(tmp_path: Path) -> None:
+    from pipeline_v2.store import browse
+
+    store = Store(tmp_path / "p.db")
+    assert browse.studies(store) == []
+    with store.transaction():
+        for i, study in enumerate(["b", "a", "c", "a", "b", "a"]):
+            store.add_trial({"study": study, "number": i}, STAGES, 0, 1.0)
+    assert browse.studies(store) == ["a", "b", "c"]

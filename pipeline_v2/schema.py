@@ -370,6 +370,101 @@ def m010_status_counts(db: Database) -> None:
     )
 
 
+
+@migrations()
+def m011_metric_counts(db: Database) -> None:
+    """What /metrics reports, kept by triggers and seeded here: events by (kind, stage, old
+    status, new status) and, per stage, a histogram of its rows' final-attempt durations.
+    A scrape then reads a few hundred rows instead of every event and every stage.
+
+    NULL key columns are stored as '' (NULLs never conflict in a key). A stage row counts in
+    the histogram while it is passed, rejected or failed with both times set; `le` is the
+    bucket's upper bound (observe.DURATION_BUCKETS, then +Inf as 9e999).
+    """
+    event_key = ("{r}.kind, COALESCE({r}.stage, ''), COALESCE({r}.old_status, ''),"
+                 " COALESCE({r}.new_status, '')")
+
+    def add_event(row: str) -> str:
+        return ("INSERT INTO event_counts (kind, stage, old_status, new_status, n) VALUES"
+                f" ({event_key.format(r=row)}, 1)"
+                " ON CONFLICT (kind, stage, old_status, new_status) DO UPDATE SET n = n + 1;")
+
+    def drop_event(row: str) -> str:
+        return (f"UPDATE event_counts SET n = n - 1 WHERE (kind, stage, old_status, new_status)"
+                f" = ({event_key.format(r=row)});")
+
+    def ran(row: str) -> str:  # the row is a finished attempt with a duration
+        return (f"({row}.status IN ('failed', 'passed', 'rejected')"
+                f" AND {row}.started_at IS NOT NULL AND {row}.finished_at IS NOT NULL)")
+
+    def bucket(d: str) -> str:
+        bounds = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+        cases = " ".join(f"WHEN {d} <= {b!r} THEN {b!r}" for b in bounds)
+        return f"CASE {cases} ELSE 9e999 END"
+
+    def add_run(row: str) -> str:
+        d = f"({row}.finished_at - {row}.started_at)"
+        return ("INSERT INTO stage_durations (stage_name, le, n, total)"
+                f" SELECT {row}.stage_name, {bucket(d)}, 1, {d} WHERE {ran(row)}"
+                " ON CONFLICT (stage_name, le) DO UPDATE SET n = n + 1,"
+                " total = total + excluded.total;")
+
+    def drop_run(row: str) -> str:
+        d = f"({row}.finished_at - {row}.started_at)"
+        return (f"UPDATE stage_durations SET n = n - 1, total = total - {d}"
+                f" WHERE {ran(row)} AND stage_name = {row}.stage_name AND le = {bucket(d)};")
+
+    db.executescript(
+        f"""
+        CREATE TABLE event_counts (
+            kind TEXT NOT NULL,
+            stage TEXT NOT NULL,          -- '' for none
+            old_status TEXT NOT NULL,     -- '' for none
+            new_status TEXT NOT NULL,     -- '' for none
+            n INTEGER NOT NULL,
+            PRIMARY KEY (kind, stage, old_status, new_status)
+        ) WITHOUT ROWID;
+        CREATE TABLE stage_durations (
+            stage_name TEXT NOT NULL,
+            le REAL NOT NULL,             -- the bucket's upper bound (9e999: +Inf)
+            n INTEGER NOT NULL,
+            total REAL NOT NULL,          -- sum of the durations in this bucket, seconds
+            PRIMARY KEY (stage_name, le)
+        ) WITHOUT ROWID;
+        INSERT INTO event_counts (kind, stage, old_status, new_status, n)
+            SELECT {event_key.format(r="events")}, COUNT(*) FROM events GROUP BY 1, 2, 3, 4;
+        INSERT INTO stage_durations (stage_name, le, n, total)
+            SELECT stage_name, {bucket("d")}, COUNT(*), SUM(d) FROM (SELECT stage_name,
+                finished_at - started_at AS d FROM stages WHERE {ran("stages")}) GROUP BY 1, 2;
+
+        CREATE TRIGGER event_counts_insert AFTER INSERT ON events BEGIN
+            {add_event("new")}
+        END;
+        CREATE TRIGGER event_counts_delete AFTER DELETE ON events BEGIN
+            {drop_event("old")}
+        END;
+        CREATE TRIGGER event_counts_update AFTER UPDATE OF kind, stage, old_status, new_status
+        ON events BEGIN
+            {drop_event("old")}
+            {add_event("new")}
+        END;
+
+        CREATE TRIGGER stage_durations_insert AFTER INSERT ON stages WHEN {ran("new")} BEGIN
+            {add_run("new")}
+        END;
+        CREATE TRIGGER stage_durations_delete AFTER DELETE ON stages WHEN {ran("old")} BEGIN
+            {drop_run("old")}
+        END;
+        CREATE TRIGGER stage_durations_update
+        AFTER UPDATE OF status, started_at, finished_at, stage_name ON stages
+        WHEN {ran("old")} OR {ran("new")} BEGIN
+            {drop_run("old")}
+            {add_run("new")}
+        END;
+        """
+    )
+
+
 def known_migrations() -> list[str]:
     """Every migration this version knows, in order."""
     return [fn.__name__ for fn in MIGRATIONS]

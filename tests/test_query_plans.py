@@ -110,3 +110,23 @@ def test_studies_lists_each_study_once_in_order(tmp_path: Path) -> None:
         for i, study in enumerate(["b", "a", "c", "a", "b", "a"]):
             store.add_trial({"study": study, "number": i}, STAGES, 0, 1.0)
     assert browse.studies(store) == ["a", "b", "c"]
+
+
+def test_outbox_health_reads_only_undelivered_notifications(tmp_path: Path) -> None:
+    """Delivered notifications only grow: the health check counts the others by index."""
+    from pipeline_v2.store import observe
+
+    store = Store(tmp_path / "p.db", notify_kinds=["k"])
+    with store.transaction():
+        for i in range(6):
+            store.add_event("k", float(i))
+    for outbox_id, error, retry_at in ((1, None, None), (2, "refused", 99.0),
+                                       (3, "gone", None), (4, "late", 50.0)):
+        store.mark_notification(outbox_id, 10.0, error, retry_at)
+    store.mark_notification(4, 60.0, None, None)  # delivered at last: its error is history
+    seen: list[str] = []
+    store.conn.set_trace_callback(seen.append)
+    assert observe.outbox_state(store) == (3, 1, "gone")
+    store.conn.set_trace_callback(None)
+    plan = [row[3] for sql in seen for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    assert [d for d in plan if d.startswith("SCAN outbox")] == [], plan

@@ -1,4 +1,4 @@
-"""The trigger-kept count tables (migration m010) always equal a plain GROUP BY over the rows.
+"""The trigger-kept count tables (migrations m010, m011) always equal a plain GROUP BY.
 
 A random walk through the store's real operations (discovery, claims, outcomes decided by the
 plan, retry / skip / pause / resume / cancel, deployments, imports, rolled-back transactions,
@@ -18,7 +18,7 @@ from pipeline_v2 import control, plan, schema
 from pipeline_v2.errors import PipelineError
 from pipeline_v2.models import DeploymentStatus, StageStatus, TrialStatus
 from pipeline_v2.plan import Outcome
-from pipeline_v2.store import Store, legacy, queries
+from pipeline_v2.store import Store, legacy, observe, queries
 from pipeline_v2.store.base import sql_in
 
 DEAD = sql_in(queries.DEAD_TRIAL)
@@ -35,6 +35,35 @@ STAGES = {
     "extra": {"run": "m:f", "enabled": False},
     "deploy": {"kind": "deploy", "command": ["true"], "max_attempts": 1},
 }
+
+
+# ... and what /metrics reads from the events and stage-durations counts (m011).
+OUTCOMES_SCAN = ("SELECT stage, new_status, COUNT(*) FROM events WHERE kind LIKE 'stage.%'"
+                 " AND old_status = 'running' GROUP BY 1, 2")
+EVENTS_SCAN = "SELECT stage, COUNT(*) FROM events WHERE kind = ? GROUP BY 1"
+CASES = ", ".join(f"SUM(d <= {b})" for b in observe.DURATION_BUCKETS)
+DURATIONS_SCAN = (
+    f"SELECT stage_name, {CASES}, SUM(d), COUNT(*) FROM (SELECT stage_name,"
+    " finished_at - started_at AS d FROM stages WHERE finished_at IS NOT NULL"
+    " AND started_at IS NOT NULL AND status IN ('passed', 'rejected', 'failed')) GROUP BY 1"
+)
+
+
+def assert_metrics_true(store: Store, step: str) -> None:
+    outcomes = {(r[0], observe._OUTCOMES.get(r[1], r[1])): r[2]
+                for r in store.conn.execute(OUTCOMES_SCAN)}
+    assert observe.attempt_outcomes(store) == outcomes, step
+    for kind in ("stage.rejected", "trial.discovered", "stage.running", "deployment.created"):
+        events = {r[0]: r[1] for r in store.conn.execute(EVENTS_SCAN, [kind])}
+        assert observe.event_counts(store, kind) == events, (step, kind)
+    n = len(observe.DURATION_BUCKETS)
+    durations = {r[0]: ([int(r[i + 1]) for i in range(n)] + [r[n + 2]], r[n + 1], r[n + 2])
+                 for r in store.conn.execute(DURATIONS_SCAN)}
+    kept_durations = observe.stage_durations(store)
+    assert {k: (v[0], v[2]) for k, v in kept_durations.items()} == {
+        k: (v[0], v[2]) for k, v in durations.items()}, step
+    for name, (_, total, _) in durations.items():  # sums kept by + and -: equal to rounding
+        assert kept_durations[name][1] == pytest.approx(total, abs=1e-6), step
 
 
 def scanned(store: Store) -> tuple[dict[str, int], dict[tuple[str, str, int], int]]:
@@ -68,6 +97,7 @@ def assert_counts_true(store: Store, step: str) -> None:
         if not dead:
             live.setdefault(name, {})[status] = n
     assert store.stage_counts() == live, step
+    assert_metrics_true(store, step)
 
 
 class Walk:
@@ -217,6 +247,9 @@ class Walk:
                 conn.execute("DELETE FROM deployments WHERE trial_id = ?", [trial.id])
                 conn.execute("DELETE FROM stages WHERE trial_id = ?", [trial.id])
                 conn.execute("DELETE FROM trials WHERE id = ?", [trial.id])
+                conn.execute("DELETE FROM outbox WHERE event_id IN (SELECT id FROM events"
+                             " WHERE trial_id = ?)", [trial.id])
+                conn.execute("DELETE FROM events WHERE trial_id = ?", [trial.id])
             return
         conn.execute("PRAGMA foreign_keys = OFF")  # the trial first: its stages outlive it
         try:
@@ -254,6 +287,7 @@ def test_count_tables_equal_a_group_by_after_every_operation(tmp_path: Path, wri
     # The walk went through every kind of change, dead trials with pending stages included.
     assert all(done.values()), done
     assert any(dead for (_, _, dead) in kept(store)[1])
+    assert observe.stage_durations(store) and observe.attempt_outcomes(store)
 
 
 def build_before_m010(path: Path, monkeypatch: pytest.MonkeyPatch, config: Any) -> None:
@@ -268,7 +302,7 @@ def build_before_m010(path: Path, monkeypatch: pytest.MonkeyPatch, config: Any) 
         walk.import_dead()
         for name in ["claim", "finish"] * 40 + ["cancel", "pause", "deploy"] * 3:
             walk.step(name)
-        assert "trial_counts" not in store.db.table_names()
+        assert {"trial_counts", "event_counts"}.isdisjoint(store.db.table_names())
         store.close()
 
 
@@ -277,11 +311,12 @@ def test_migrating_a_db_with_rows_seeds_the_counts(tmp_path: Path, write_config,
     config = write_config({"optuna": {"storage": "sqlite:///o.db"}, "state_db": "p.db",
                            "stages": STAGES})
     build_before_m010(config.state_db_path, monkeypatch, config)
-    store = Store(config.state_db_path)  # applies m010
-    assert schema.applied_names(store.conn)[-1] == "m010_status_counts"
+    store = Store(config.state_db_path)  # applies m010 and m011
+    assert {"m010_status_counts", "m011_metric_counts"} <= set(schema.applied_names(store.conn))
     trials, stages = scanned(store)
     assert sum(trials.values()) > 30 and len(trials) >= 4
     assert any(dead for (_, _, dead) in stages)  # rejected trials with pending stages
+    assert observe.stage_durations(store) and observe.attempt_outcomes(store)
     assert_counts_true(store, "seeded")
     walk = Walk(store, config, random.Random(6))  # and kept from there on
     for name in ["discover", "claim", "finish", "retry"] * 10:
@@ -306,3 +341,20 @@ def test_status_reads_the_count_tables_not_the_rows(tmp_path: Path, write_config
     # The imported rejected trials' pending stages are not waiting work.
     assert stages["stress"] == {"pending": pending}
     assert stages["backtest"] == {"pending": pending, "rejected": 5}
+
+
+def test_durations_fall_in_the_buckets_metrics_names(tmp_path: Path) -> None:
+    """Each bound of observe.DURATION_BUCKETS, hit exactly and just missed, lands in the same
+    bucket as the plain SQL puts it (the migration spells the bounds out)."""
+    store = Store(tmp_path / "p.db")
+    durations = [d for b in observe.DURATION_BUCKETS for d in (b, b + 0.001)] + [0.0, 1e6]
+    with store.transaction() as conn:
+        for number, d in enumerate(durations):
+            trial_id = store.add_trial({"study": "s", "number": number},
+                                       [("backtest", StageStatus.PENDING)], 0, 1.0)
+            conn.execute("UPDATE stages SET status = 'passed', started_at = 100.0,"
+                         " finished_at = ? WHERE trial_id = ?", [100.0 + d, trial_id])
+    cumulative, _, count = observe.stage_durations(store)["backtest"]
+    assert count == len(durations)
+    assert cumulative[:3] == [2, 4, 6]  # <= 0.1: 0.0 and 0.1; <= 0.5: + 0.101 and 0.5; ...
+    assert_metrics_true(store, "bounds")

@@ -1,4 +1,4 @@
-"""The trigger-kept count tables (migrations m010, m011) always equal a plain GROUP BY.
+"""The trigger-kept count tables (migration m010) always equal a plain GROUP BY.
 
 A random walk through the store's real operations (discovery, claims, outcomes decided by the
 plan, retry / skip / pause / resume / cancel, deployments, imports, rolled-back transactions,
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pipeline_v2 import control, plan, schema
+from pipeline_v2 import control, plan, schema, schema_counts
 from pipeline_v2.errors import PipelineError
 from pipeline_v2.models import DeploymentStatus, StageStatus, TrialStatus
 from pipeline_v2.plan import Outcome
@@ -37,7 +37,7 @@ STAGES = {
 }
 
 
-# ... and what /metrics reads from the events and stage-durations counts (m011).
+# ... and what /metrics reads from the events and stage-durations counts.
 OUTCOMES_SCAN = ("SELECT stage, new_status, COUNT(*) FROM events WHERE kind LIKE 'stage.%'"
                  " AND old_status = 'running' GROUP BY 1, 2")
 EVENTS_SCAN = "SELECT stage, COUNT(*) FROM events WHERE kind = ? GROUP BY 1"
@@ -290,9 +290,9 @@ def test_count_tables_equal_a_group_by_after_every_operation(tmp_path: Path, wri
     assert observe.stage_durations(store) and observe.attempt_outcomes(store)
 
 
-def build_before_m010(path: Path, monkeypatch: pytest.MonkeyPatch, config: Any) -> None:
+def build_before_counts(path: Path, monkeypatch: pytest.MonkeyPatch, config: Any) -> None:
     """A state DB at migration m009 holding trials in every kind of state, made by the store."""
-    before = schema.MIGRATIONS[:schema.MIGRATIONS.index(schema.m010_status_counts)]
+    before = schema.MIGRATIONS[:schema.MIGRATIONS.index(schema.m010_counts)]
     with monkeypatch.context() as patch:
         patch.setattr(schema, "MIGRATIONS", before)
         store = Store(path)
@@ -310,9 +310,9 @@ def test_migrating_a_db_with_rows_seeds_the_counts(tmp_path: Path, write_config,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     config = write_config({"optuna": {"storage": "sqlite:///o.db"}, "state_db": "p.db",
                            "stages": STAGES})
-    build_before_m010(config.state_db_path, monkeypatch, config)
-    store = Store(config.state_db_path)  # applies m010 and m011
-    assert {"m010_status_counts", "m011_metric_counts"} <= set(schema.applied_names(store.conn))
+    build_before_counts(config.state_db_path, monkeypatch, config)
+    store = Store(config.state_db_path)  # applies m010
+    assert "m010_counts" in schema.applied_names(store.conn)
     trials, stages = scanned(store)
     assert sum(trials.values()) > 30 and len(trials) >= 4
     assert any(dead for (_, _, dead) in stages)  # rejected trials with pending stages
@@ -358,3 +358,10 @@ def test_durations_fall_in_the_buckets_metrics_names(tmp_path: Path) -> None:
     assert count == len(durations)
     assert cumulative[:3] == [2, 4, 6]  # <= 0.1: 0.0 and 0.1; <= 0.5: + 0.101 and 0.5; ...
     assert_metrics_true(store, "bounds")
+
+
+def test_the_migration_spells_out_todays_dead_statuses_and_duration_buckets() -> None:
+    """The triggers hold these as literals (a migration is history): changing either in the
+    code needs a new migration, and this test says so."""
+    assert schema_counts.DEAD == DEAD
+    assert schema_counts.BOUNDS == observe.DURATION_BUCKETS

@@ -32,6 +32,7 @@ PAGES = {
     "one trial": "/ui/trials/s0:777",
     "one trial's report (not a target: the study's PBO)": "/ui/trials/s0:777/report",
     "overview fragments (poll)": "/?fragments=1",
+    "/metrics (a Prometheus scrape)": "/metrics",
 }
 
 

@@ -10,6 +10,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pipeline_v2 import schema_counts
+
 if TYPE_CHECKING:
     from sqlite_utils import Database
     from sqlite_utils.migrations import Migrations
@@ -267,16 +269,11 @@ def m009_browse_indexes(db: Database) -> None:
 
 
 @migrations()
-def m011_events_by_kind(db: Database) -> None:
-    """/metrics counts events from indexes alone instead of scanning the audit trail on every
-    scrape: gate rejections and crash loops by (kind, stage); attempt outcomes, the events
-    leaving `running`, by (old_status, stage, new_status) — in GROUP BY order."""
-    db.executescript(
-        """
-        CREATE INDEX events_kind ON events (kind, stage);
-        CREATE INDEX events_leaving ON events (old_status, stage, new_status, kind);
-        """
-    )
+def m010_counts(db: Database) -> None:
+    """Count tables kept by triggers, seeded from the rows already here (schema_counts.py):
+    `status`, the dashboard and /metrics read a few rows instead of grouping every trial,
+    stage and event."""
+    db.executescript(schema_counts.M010)
 
 
 def known_migrations() -> list[str]:

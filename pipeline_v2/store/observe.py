@@ -6,6 +6,7 @@ count here comes from the state DB, so counters survive a daemon restart.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -44,41 +45,40 @@ def _all(store: Store, sql: str, params: list[Any] | None = None) -> list[sqlite
 def trials_page(store: Store, status: str | None, limit: int, offset: int) -> dict[str, Any]:
     """One page of trials in discovery order, with the total for paging."""
     where, params = ("WHERE status = ?", [status]) if status else ("", [])
-    total = _all(store, f"SELECT COUNT(*) FROM trials {where}", params)[0][0]
+    total = store.count_trials(status)
     rows = _all(store, f"SELECT * FROM trials {where} ORDER BY id LIMIT ? OFFSET ?",
                 [*params, limit, offset])
     return {"total": total, "limit": limit, "offset": offset,
             "trials": [to_trial(r) for r in rows]}
 
 
-# Both read from an index alone (m011: events_leaving, events_kind), never the audit trail.
-ATTEMPT_OUTCOMES = ("SELECT stage, new_status, COUNT(*) FROM events WHERE old_status = 'running'"
-                    " AND kind LIKE 'stage.%' GROUP BY 1, 2")
-EVENT_COUNTS = "SELECT stage, COUNT(*) FROM events WHERE kind = ? GROUP BY 1"
-
-
 def attempt_outcomes(store: Store) -> dict[tuple[str, str], int]:
-    """Finished attempts by (stage, outcome), from the audit trail."""
-    rows = _all(store, ATTEMPT_OUTCOMES)
-    return {(r[0], _OUTCOMES.get(r[1], r[1])): r[2] for r in rows}
+    """Finished attempts by (stage, outcome), from the audit trail's trigger-kept counts."""
+    rows = _all(store, "SELECT stage, new_status, SUM(n) FROM event_counts WHERE kind LIKE"
+                       " 'stage.%' AND old_status = 'running' AND n > 0 GROUP BY 1, 2")
+    return {(r[0] or None, _OUTCOMES.get(r[1], r[1])): r[2] for r in rows}
 
 
 def stage_durations(store: Store) -> dict[str, tuple[list[int], float, int]]:
-    """Per stage: cumulative bucket counts (DURATION_BUCKETS + Inf), sum and count of runs."""
-    cases = ", ".join(f"SUM(d <= {b})" for b in DURATION_BUCKETS)
-    rows = _all(store, f"SELECT stage_name, {cases}, SUM(d), COUNT(*) FROM (SELECT stage_name,"
-                       " finished_at - started_at AS d FROM stages WHERE finished_at IS NOT NULL"
-                       " AND started_at IS NOT NULL AND status IN ('passed', 'rejected',"
-                       " 'failed')) GROUP BY 1")
-    n = len(DURATION_BUCKETS)
-    return {r[0]: ([int(r[i + 1] or 0) for i in range(n)] + [r[n + 2]], float(r[n + 1] or 0),
-                   r[n + 2]) for r in rows}
+    """Per stage: cumulative bucket counts (DURATION_BUCKETS + Inf), sum and count of runs,
+    from the trigger-kept histogram (one row per stage and bucket)."""
+    found: dict[str, tuple[list[int], float, int]] = {}
+    rows = _all(store, "SELECT stage_name, le, n, total FROM stage_durations WHERE n > 0"
+                       " ORDER BY stage_name, le")
+    for row in rows:
+        cumulative, total, count = found.get(row[0], ([0] * (len(DURATION_BUCKETS) + 1), 0.0, 0))
+        for i, bound in enumerate((*DURATION_BUCKETS, math.inf)):
+            if row[1] <= bound:
+                cumulative[i] += row[2]
+        found[row[0]] = (cumulative, total + row[3], count + row[2])
+    return found
 
 
 def event_counts(store: Store, kind: str) -> dict[str | None, int]:
-    """How many events of this kind, by stage."""
-    rows = _all(store, EVENT_COUNTS, [kind])
-    return {r[0]: r[1] for r in rows}
+    """How many events of this kind, by stage (None: events of no stage)."""
+    rows = _all(store, "SELECT stage, SUM(n) FROM event_counts WHERE kind = ? AND n > 0"
+                       " GROUP BY 1", [kind])
+    return {r[0] or None: r[1] for r in rows}
 
 
 def deployment_facts(store: Store) -> list[dict[str, Any]]:
@@ -113,16 +113,18 @@ def oldest_running_start(store: Store) -> float | None:
 
 
 def outbox_state(store: Store) -> tuple[int, int, str | None]:
-    """Notifications waiting, given up, and the newest delivery error."""
-    row = _all(store, "SELECT SUM(status = 'pending'), SUM(status = 'failed'), (SELECT last_error"
-                      " FROM outbox WHERE last_error IS NOT NULL AND status != 'delivered'"
-                      " ORDER BY id DESC LIMIT 1) FROM outbox")[0]
+    """Notifications waiting, given up, and the newest delivery error: read through the
+    outbox's status index, never the delivered rows (which only grow)."""
+    row = _all(store, "SELECT (SELECT COUNT(*) FROM outbox WHERE status = 'pending'),"
+                      " (SELECT COUNT(*) FROM outbox WHERE status = 'failed'),"
+                      " (SELECT last_error FROM outbox WHERE status IN ('pending', 'failed')"
+                      " AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1)")[0]
     return int(row[0] or 0), int(row[1] or 0), row[2]
 
 
 def trials_total(store: Store) -> int:
     """Every trial ever discovered (or imported): the `new trials` counter."""
-    return int(_all(store, "SELECT COUNT(*) FROM trials")[0][0])
+    return store.count_trials()
 
 
 def state_db_ok(store: Store) -> str | None:

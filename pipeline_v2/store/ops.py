@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline_v2.models import StageStatus
 from pipeline_v2.store import queries
 from pipeline_v2.store.base import BaseStore, dumps, loads
 
@@ -84,21 +83,21 @@ class OpsMixin(BaseStore):
         return {r["component"]: dict(r) | {"details": loads(r["details"])} for r in rows}
 
     def trial_counts(self) -> dict[str, int]:
-        """Number of trials per status."""
+        """Number of trials per status (from the trigger-kept count table)."""
         return {r[0]: r[1] for r in self._all(queries.TRIAL_COUNTS)}
 
+    def count_trials(self, status: str | None = None) -> int:
+        """How many trials (of this status), from the count table: no trial is read."""
+        row = (self._one(queries.COUNT_TRIALS) if status is None
+               else self._one(queries.COUNT_TRIALS_OF_STATUS, [status]))
+        return int(row[0]) if row else 0
+
     def stage_counts(self) -> dict[str, dict[str, int]]:
-        """Number of stage rows per stage name and status."""
+        """Number of stage rows per stage name and status, leaving out the pending stages of
+        rejected, failed or cancelled trials (they will never run)."""
         counts: dict[str, dict[str, int]] = {}
         for name, status, n in self._all(queries.STAGE_COUNTS):
             counts.setdefault(name, {})[status] = n
-        pending = StageStatus.PENDING.value
-        for name, n in self._all(queries.DEAD_PENDING_STAGES):
-            left = counts[name][pending] - n
-            if left:
-                counts[name][pending] = left
-            else:
-                del counts[name][pending]
         return counts
 
     # -- notification outbox --------------------------------------------------------------------

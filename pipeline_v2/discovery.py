@@ -67,10 +67,10 @@ def render_model_dir(template: str, record: TrialRecord, study: str, config: Con
 class PathResolver:
     """`config.path(text)` for many model dirs, resolving each parent folder once.
 
-    Path.resolve() costs a system call per path component; a page of trials shares one
-    parent ("models/"), so only the last component is looked at per trial: when it is a
-    symlink (or the path has "..") the whole path is resolved as before. Keep one per page: a folder
-    re-linked between pages is seen on the next."""
+    Path.resolve() costs a system call per path component; a page of trials shares one parent
+    ("models/"), so per trial only the last component is looked at: when it is a symlink (or
+    the path has "..") the whole path is resolved as before. One per page: a folder re-linked
+    between pages is seen on the next."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -78,8 +78,9 @@ class PathResolver:
 
     def __call__(self, text: str) -> str:
         joined = os.path.join(self.config.base_dir, os.path.expanduser(text))
-        parent, name = os.path.split(os.path.normpath(joined))
-        if ".." in joined.split(os.sep) or not name or os.path.islink(joined):
+        path = os.path.normpath(joined)  # "a/./b/" -> "a/b": islink() of "link/" is False
+        parent, name = os.path.split(path)
+        if ".." in joined.split(os.sep) or not name or os.path.islink(path):
             return str(self.config.path(text))  # what resolve() must work out step by step
         resolved = self._parents.get(parent)
         if resolved is None:

@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import os
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -203,8 +204,6 @@ class RdbSource:
         """The same query straight through the session's sqlite3 connection (it takes the
         same `:name` parameters): a catch-up reads millions of rows, and SQLAlchemy's row
         objects cost several times what sqlite3's tuples do."""
-        import sqlite3
-
         try:
             return self._conn.connection.driver_connection.execute(sql, params).fetchall()
         except sqlite3.Error as exc:

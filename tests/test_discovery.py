@@ -376,7 +376,8 @@ def test_model_dirs_resolve_as_config_path_does(tmp_path: Path) -> None:
     (tmp_path / "real" / "trial_3").symlink_to(tmp_path / "elsewhere")
     config = parse_config({"state_db": "p.db"}, base_dir=str(tmp_path))
     resolve = PathResolver(config)
-    texts = ["models/trial_1", "models/trial_2", "models/trial_3", "models/../x/trial_4",
+    texts = ["models/trial_1", "models/trial_2", "models/trial_3", "models/trial_3/",
+             "models/../x/trial_4",
              "real/./trial_5/", str(tmp_path / "abs" / "t6"), "~/t7", "."]
     assert [resolve(t) for t in texts] == [str(config.path(t)) for t in texts]
-    assert resolve("models/trial_3") == str(tmp_path / "elsewhere")
+    assert resolve("models/trial_3/") == str(tmp_path / "elsewhere")

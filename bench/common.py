@@ -25,9 +25,6 @@ BIN = Path(sys.executable).parent
 # `make bench QUICK=1`: small sizes and few repeats, a smoke run in under two minutes.
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
 SIZES = [10_000] if QUICK else [10_000, 100_000, 1_000_000]
-# BENCH_SLOW_1M=0 skips the two cases that take many minutes at 1M on a loaded machine
-# (`trials --json`, the first catch-up, with building its 1M-trial Optuna study).
-SLOW_AT_1M = os.environ.get("BENCH_SLOW_1M", "1") != "0"
 
 
 def repeats(full: int, quick: int = 2) -> int:

@@ -17,7 +17,6 @@ from bench.common import (
     CACHE,
     QUICK,
     SIZES,
-    SLOW_AT_1M,
     case,
     pct,
     repeats,
@@ -73,11 +72,9 @@ def run() -> None:
                          repeats(5, 2))
         case("growth", f"{label}: `status --json`, whole process", "ms",
              [s * 1000 for s in status], target=150)
-        slow = SLOW_AT_1M or n < 1_000_000
-        if slow:
-            wall, peak = run_child(["-m", "pipeline_v2", "trials", "--json", "-c", str(config)])
-            case("growth", f"{label}: `trials --json`, whole process", "s", [wall])
-            case("growth", f"{label}: `trials --json`, peak RSS", "MB", [peak], target=100)
+        wall, peak = run_child(["-m", "pipeline_v2", "trials", "--json", "-c", str(config)])
+        case("growth", f"{label}: `trials --json`, whole process", "s", [wall])
+        case("growth", f"{label}: `trials --json`, peak RSS", "MB", [peak], target=100)
         ours = run_daemon(config, state, TRADERS, IDLE_S, KILLS)
         case("growth", f"{label}: daemon idle CPU, {TRADERS} traders, {IDLE_S:g} s", "%",
              [ours.cpu_percent], target=0.1 if TRADERS == 100 else None)
@@ -87,8 +84,6 @@ def run() -> None:
              [pct(ours.detect_s, 50) * 1000])
         case("growth", f"{label}: crash detection p99 ({KILLS} kills)", "ms",
              [pct(ours.detect_s, 99) * 1000], target=20)
-        if not slow:
-            continue
         storage = optuna_study(n)
         fresh = work / "catchup"
         catchup_config = workspace(fresh, fresh / "state.db", storage, 0)

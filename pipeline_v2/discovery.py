@@ -8,8 +8,11 @@ unfinished (RUNNING / WAITING), which are re-checked every poll until they finis
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline_v2 import plan
@@ -52,22 +55,49 @@ class DiscoveryResult:
         return sum(self.new.values())
 
 
-def render_model_dir(template: str, record: TrialRecord, study: str, config: Config) -> str:
+def render_model_dir(template: str, record: TrialRecord, study: str, config: Config,
+                     resolve: Callable[[str], str] | None = None) -> str:
     """Resolve the `optuna.model_dir` template for one trial (relative to the config folder)."""
     values = record.values or [None]
     text = template.format(**base_fields(study, record.number, record.trial_id, values[0],
                                          record.params, record.user_attrs))
-    return str(config.path(text))
+    return resolve(text) if resolve is not None else str(config.path(text))
 
 
-def trial_fields(record: TrialRecord, study: StudyRef, config: Config) -> dict[str, Any]:
+class PathResolver:
+    """`config.path(text)` for many model dirs, resolving each parent folder once.
+
+    Path.resolve() costs a system call per path component; a page of trials shares one parent
+    ("models/"), so per trial only the last component is looked at: when it is a symlink (or
+    the path has "..") the whole path is resolved as before. One per page: a folder re-linked
+    between pages is seen on the next."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._parents: dict[str, str] = {}
+
+    def __call__(self, text: str) -> str:
+        joined = os.path.join(self.config.base_dir, os.path.expanduser(text))
+        path = os.path.normpath(joined)  # "a/./b/" -> "a/b": islink() of "link/" is False
+        parent, name = os.path.split(path)
+        if ".." in joined.split(os.sep) or not name or os.path.islink(path):
+            return str(self.config.path(text))  # what resolve() must work out step by step
+        resolved = self._parents.get(parent)
+        if resolved is None:
+            resolved = self._parents[parent] = str(Path(parent).resolve())
+        return os.path.join(resolved, name)
+
+
+def trial_fields(record: TrialRecord, study: StudyRef, config: Config,
+                 resolve: Callable[[str], str] | None = None) -> dict[str, Any]:
     """The state DB row for a discovered trial, with flags for anything suspicious."""
     flags: list[str] = []
     values = record.values
     if values is not None and any(v is not None and not math.isfinite(v) for v in values):
         flags.append("non_finite_value")
     try:
-        model_dir = render_model_dir(config.optuna.model_dir, record, study.name, config)
+        model_dir = render_model_dir(config.optuna.model_dir, record, study.name, config,
+                                     resolve)
     except Exception as exc:  # any template error is this trial's flag, never the poll's
         model_dir = ""
         flags.append(f"model_dir_unresolved: {exc!r}")
@@ -219,14 +249,10 @@ class Discovery:
             return 0
         records = self.source.details(study, ready)
         stages, stage_pos, first_status = plan.initial_stages(self.config)
-        new = 0
-        with self.store.transaction():
-            for record in sorted(records, key=lambda r: r.trial_id):
-                fields = trial_fields(record, study, self.config) | {"generation": generation}
-                if self.store.add_trial(fields, stages, stage_pos, stamp,
-                                        first_status) is not None:
-                    new += 1
-        return new
+        resolve = PathResolver(self.config)
+        rows = [trial_fields(record, study, self.config, resolve) | {"generation": generation}
+                for record in sorted(records, key=lambda r: r.trial_id)]
+        return len(self.store.add_trials(rows, stages, stage_pos, stamp, first_status))
 
     def _record_health(self, result: DiscoveryResult, now: float) -> None:
         if result.errors:

@@ -11,9 +11,11 @@ committed in id order, as SQLite's single writer guarantees by itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -119,13 +121,20 @@ def file_identity(path: str) -> tuple[int, int] | None:
 
 def external_param(value: float, distribution_json: str) -> Any:
     """Optuna stores params in an internal float form; turn one back into what the user saw."""
+    kind, choices = _distribution(distribution_json)
+    if kind == "categorical":
+        return choices[int(value)]
+    return int(value) if kind == "int" else float(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _distribution(distribution_json: str) -> tuple[str, tuple[Any, ...]]:
+    """A distribution's kind and choices, parsed once per distinct text (a study has few)."""
     dist = json.loads(distribution_json)
     name, attrs = dist.get("name", ""), dist.get("attributes", {})
     if name == "CategoricalDistribution":
-        return attrs["choices"][int(value)]
-    if name.startswith("Int"):
-        return int(value)
-    return float(value)
+        return "categorical", tuple(attrs["choices"])
+    return ("int" if name.startswith("Int") else "float"), ()
 
 
 class RdbSource:
@@ -177,16 +186,27 @@ class RdbSource:
 
     def _rows(self, sql: str, **params: Any) -> list[Any]:
         sa = self._sa
+        expanding = [key for key, value in params.items() if isinstance(value, list)]
+        if self._conn is not None and not expanding and self.engine.dialect.name == "sqlite":
+            return self._sqlite_rows(sql, params)
         statement = sa.text(sql)
-        for key, value in params.items():
-            if isinstance(value, list):
-                statement = statement.bindparams(sa.bindparam(key, expanding=True))
+        for key in expanding:
+            statement = statement.bindparams(sa.bindparam(key, expanding=True))
         try:
             if self._conn is not None:
                 return list(self._conn.execute(statement, params))
             with self.engine.connect() as conn:
                 return list(conn.execute(statement, params))
         except sa.exc.SQLAlchemyError as exc:
+            raise _storage_error("query failed", exc, self.busy_timeout, self._url) from None
+
+    def _sqlite_rows(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        """The same query straight through the session's sqlite3 connection (it takes the
+        same `:name` parameters): a catch-up reads millions of rows, and SQLAlchemy's row
+        objects cost several times what sqlite3's tuples do."""
+        try:
+            return self._conn.connection.driver_connection.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
             raise _storage_error("query failed", exc, self.busy_timeout, self._url) from None
 
     @contextmanager
@@ -244,41 +264,57 @@ class RdbSource:
         return [TrialHead(int(r[0]), int(r[1]), str(r[2])) for r in rows]
 
     def details(self, study: StudyRef, heads: Sequence[TrialHead]) -> list[TrialRecord]:
-        """Full records (values, params, attrs) of these trials."""
+        """Full records (values, params, attrs) of these trials.
+
+        A catch-up page is a dense run of trial ids: it is read as one id range per table (an
+        index range on trial_id in each of Optuna's tables), rows of other studies' trials in
+        the range dropped. Scattered ids are read in IN lists instead."""
         records = {h.trial_id: TrialRecord(h.trial_id, h.number, h.state) for h in heads}
-        for chunk in _chunks(list(records), self._chunk):
-            for tid, done in self._rows(
-                "SELECT trial_id, datetime_complete FROM trials WHERE trial_id IN :ids", ids=chunk
-            ):
-                records[tid].datetime_complete = None if done is None else str(done)
-            values: dict[int, dict[int, float]] = {}
-            for tid, objective, value, kind in self._rows(
-                "SELECT trial_id, objective, value, value_type FROM trial_values"
-                " WHERE trial_id IN :ids",
-                ids=chunk,
-            ):
-                values.setdefault(tid, {})[objective] = _stored_value(value, kind)
-            for tid, by_objective in values.items():
-                records[tid].values = [by_objective[k] for k in sorted(by_objective)]
-            for tid, name, value, dist in self._rows(
-                "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params"
-                " WHERE trial_id IN :ids ORDER BY param_id",
-                ids=chunk,
-            ):
-                records[tid].params[name] = external_param(value, dist)
-            for tid, key, value_json in self._rows(
-                f"SELECT trial_id, {self._key}, value_json FROM trial_user_attributes"
-                " WHERE trial_id IN :ids",
-                ids=chunk,
-            ):
-                records[tid].user_attrs[key] = json.loads(value_json)
-            for tid, value_json in self._rows(
-                "SELECT trial_id, value_json FROM trial_system_attributes"
-                f" WHERE trial_id IN :ids AND {self._key} = 'constraints'",
-                ids=chunk,
-            ):
-                records[tid].constraints = json.loads(value_json)
+        if not records:
+            return []
+        lo, hi = min(records), max(records)
+        if hi - lo < 2 * len(records):
+            self._read_details(records, "BETWEEN :lo AND :hi", {"lo": lo, "hi": hi})
+        else:
+            for chunk in _chunks(list(records), self._chunk):
+                self._read_details(records, "IN :ids", {"ids": chunk})
         return list(records.values())
+
+    def _read_details(self, records: dict[int, TrialRecord], match: str,
+                      params: dict[str, Any]) -> None:
+        """Fill in the records of the trials whose ids match `trial_id {match}`."""
+        for tid, done in self._rows(
+            f"SELECT trial_id, datetime_complete FROM trials WHERE trial_id {match}", **params
+        ):
+            if tid in records:
+                records[tid].datetime_complete = None if done is None else str(done)
+        values: dict[int, dict[int, float]] = {}
+        for tid, objective, value, kind in self._rows(
+            "SELECT trial_id, objective, value, value_type FROM trial_values"
+            f" WHERE trial_id {match}", **params
+        ):
+            if tid in records:
+                values.setdefault(tid, {})[objective] = _stored_value(value, kind)
+        for tid, by_objective in values.items():
+            records[tid].values = [by_objective[k] for k in sorted(by_objective)]
+        for tid, name, value, dist in self._rows(
+            "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params"
+            f" WHERE trial_id {match} ORDER BY param_id", **params
+        ):
+            if tid in records:
+                records[tid].params[name] = external_param(value, dist)
+        for tid, key, value_json in self._rows(
+            f"SELECT trial_id, {self._key}, value_json FROM trial_user_attributes"
+            f" WHERE trial_id {match}", **params
+        ):
+            if tid in records:
+                records[tid].user_attrs[key] = json.loads(value_json)
+        for tid, value_json in self._rows(
+            "SELECT trial_id, value_json FROM trial_system_attributes"
+            f" WHERE trial_id {match} AND {self._key} = 'constraints'", **params
+        ):
+            if tid in records:
+                records[tid].constraints = json.loads(value_json)
 
     def close(self) -> None:
         """Release the engine."""

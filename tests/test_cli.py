@@ -164,3 +164,34 @@ def test_the_report_never_cuts_the_trial_at_80_columns() -> None:
     console.print(render.report_view({"rank_by": "backtest.sharpe", "counts": {"validated": 1},
                                       "trials": [row]}))
     assert "momentum_family_2024:1234" in console.export_text()
+
+
+def test_json_output_of_dataclasses_enums_and_odd_floats() -> None:
+    """What `--json` output is built from, fast path or not: field order kept, enums as their
+    value, non-finite floats (plain or a float subclass) as null / "inf", tuples as lists."""
+    import math
+    from dataclasses import dataclass
+
+    from pipeline_v2.models import TrialStatus
+    from pipeline_v2.render import jsonable
+
+    class Price(float):
+        pass
+
+    @dataclass
+    class Inner:
+        status: TrialStatus
+        values: tuple
+
+    @dataclass
+    class Outer:
+        name: str
+        inner: Inner
+        extra: dict
+
+    value = Outer("x", Inner(TrialStatus.PASSED, (1, math.nan, True, None)),
+                  {1: Price("inf"), "m": [-math.inf, Price(2.5)], "t": Inner})
+    assert jsonable(value) == {
+        "name": "x", "inner": {"status": "passed", "values": [1, None, True, None]},
+        "extra": {"1": "inf", "m": ["-inf", 2.5], "t": Inner}}
+    assert list(jsonable(value)) == ["name", "inner", "extra"]

@@ -272,6 +272,33 @@ class TestDiscoveryContract:
         assert discovery.poll().total == 0
         assert len(refs(store)) == 15
 
+    def test_interleaved_studies_read_by_pages_keep_their_own_records(
+        self, tmp_path: Path, storage: Storage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A page is read as one id range (dense ids) or as a list (sparse ids): trials of the
+        other study inside that range never leak into this one's records."""
+        import pipeline_v2.discovery as discovery_module
+
+        monkeypatch.setattr(discovery_module, "PAGE", 3)
+        url, config, store = setup(tmp_path, storage)
+        a, b = make_study(url, "a"), make_study(url, "b")
+        for n in range(5):  # a, b, a, b, ...: a page of a's trials spans b's
+            for study, value in ((a, 1.0), (b, 2.0)):
+                trial = study.ask()
+                trial.suggest_int(study.study_name, 0, 100)
+                trial.set_user_attr("of", study.study_name)
+                study.tell(trial, value + n)
+        complete(b, 8, 9.0)  # a's sixth trial after a gap: its page is read as a list
+        complete(a, 1, 7.0)
+        assert Discovery(config, store).poll().new == {"a": 6, "b": 13}
+        for trial in store.list_trials():
+            name = trial.study
+            expected = {"a": 1.0, "b": 2.0}[name] + trial.number if trial.number < 5 else (
+                7.0 if name == "a" else 9.0)
+            assert trial.value == expected, trial.ref
+            assert set(trial.params) == ({name} if trial.number < 5 else {"x"}), trial.ref
+            assert trial.user_attrs == ({"of": name} if trial.number < 5 else {}), trial.ref
+
 
 def set_revision(url: str, revision: str) -> None:
     """Stamp the storage's alembic revision as Optuna's owner would."""
@@ -336,3 +363,21 @@ def test_redact_url(url: str, shown: str) -> None:
     from pipeline_v2.redact import redact_url
 
     assert redact_url(url) == shown
+
+
+def test_model_dirs_resolve_as_config_path_does(tmp_path: Path) -> None:
+    """The per-folder shortcut gives what Path.resolve() gives: through a symlinked folder,
+    a trial folder that is itself a symlink, "..", an absolute path and "~"."""
+    from pipeline_v2.discovery import PathResolver
+
+    (tmp_path / "real" / "trial_2").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "models").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "trial_3").symlink_to(tmp_path / "elsewhere")
+    config = parse_config({"state_db": "p.db"}, base_dir=str(tmp_path))
+    resolve = PathResolver(config)
+    texts = ["models/trial_1", "models/trial_2", "models/trial_3", "models/trial_3/",
+             "models/../x/trial_4",
+             "real/./trial_5/", str(tmp_path / "abs" / "t6"), "~/t7", "."]
+    assert [resolve(t) for t in texts] == [str(config.path(t)) for t in texts]
+    assert resolve("models/trial_3/") == str(tmp_path / "elsewhere")

@@ -201,3 +201,38 @@ def test_a_refused_transition_names_the_trial_never_an_internal_id(tmp_path: Pat
     refused = r"^trial s:6 stage backtest: pending -> passed"
     with pytest.raises(TransitionError, match=refused), store.transaction():
         store.set_stage_status(stage, StageStatus.PASSED, 2.0)
+
+
+def test_a_page_of_trials_goes_in_at_once_each_as_add_trial_would(tmp_path: Path) -> None:
+    """Discovery's batch insert: known trials skipped, the new ones with their stages, due time,
+    event and (when notified) outbox entry, the ids returned in order."""
+    store = Store(tmp_path / "p.db", notify_kinds={"trial.discovered"})
+    first = add(store, 1)
+    page = [{"study": "s", "number": n, "params": {"x": n}} for n in (1, 2, 3)]
+    added = store.add_trials(page, STAGES, 0, NOW)
+    assert added == [first + 1, first + 2]
+    assert [(t.ref, t.params) for t in store.list_trials()] == [
+        ("s:1", {}), ("s:2", {"x": 2}), ("s:3", {"x": 3})]
+    assert [(s.trial_id, s.name, s.position, s.status) for t in added
+            for s in store.stages_of(t)] == [
+        (t, name, pos, StageStatus.PENDING) for t in added
+        for pos, name in enumerate(("backtest", "deploy"))]
+    rows = store.conn.execute(
+        "SELECT e.trial_id, e.kind, e.new_status, e.message, t.due_at, o.next_attempt_at"
+        " FROM events e JOIN trials t ON t.id = e.trial_id LEFT JOIN outbox o"
+        " ON o.event_id = e.id ORDER BY e.id").fetchall()
+    assert [tuple(r) for r in rows] == [
+        (trial_id, "trial.discovered", "pending", f"s:{n}", 0.0, NOW)
+        for trial_id, n in ((first, 1), (added[0], 2), (added[1], 3))]
+    assert store.add_trials(page, STAGES, 0, NOW) == []  # all known: nothing written
+
+
+def test_a_trial_that_passes_on_discovery_is_not_due(tmp_path: Path) -> None:
+    store = Store(tmp_path / "p.db")
+    stages = [("backtest", StageStatus.SKIPPED), ("deploy", StageStatus.PENDING)]
+    [trial_id] = store.add_trials([{"study": "s", "number": 0}], stages, 1, NOW,
+                                  TrialStatus.PASSED)
+    row = store.conn.execute("SELECT status, stage_pos, due_at FROM trials WHERE id = ?",
+                             [trial_id]).fetchone()
+    assert tuple(row) == ("passed", 1, None)
+    assert store.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0

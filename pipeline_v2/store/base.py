@@ -22,9 +22,13 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
 
 
+# What json.dumps(value, default=str) builds anew on every call, built once.
+_ENCODE = json.JSONEncoder(default=str, allow_nan=True).encode
+
+
 def dumps(value: Any) -> str | None:
     """JSON text for a column (None stays NULL)."""
-    return None if value is None else json.dumps(value, default=str, allow_nan=True)
+    return None if value is None else _ENCODE(value)
 
 
 def loads(text: str | None, default: Any = None) -> Any:

@@ -16,6 +16,12 @@ from pipeline_v2.store import queries
 from pipeline_v2.store.base import BaseStore, dumps, loads
 
 LIVE = (TrialStatus.PENDING.value, TrialStatus.PROCESSING.value)
+INSERT_TRIAL = (
+    "INSERT OR IGNORE INTO trials (study, study_id, generation, trial_number, optuna_trial_id,"
+    ' status, stage_pos, due_at, value, "values", params, user_attrs, constraints,'
+    " datetime_complete, model_dir, flags, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def to_trial(row: sqlite3.Row) -> Trial:
@@ -94,35 +100,64 @@ class TrialsMixin(BaseStore):
         now: float, status: TrialStatus = TrialStatus.PENDING,
     ) -> int | None:
         """Insert a discovered trial and its stage rows; None if it was already known."""
-        row = {
-            "study": fields["study"], "study_id": fields.get("study_id", 0),
-            "generation": fields.get("generation", 0), "trial_number": fields["number"],
-            "optuna_trial_id": fields.get("trial_id"), "status": status.value,
-            "stage_pos": stage_pos, "value": fields.get("value"),
-            "values": dumps(fields.get("values")), "params": dumps(fields.get("params") or {}),
-            "user_attrs": dumps(fields.get("user_attrs") or {}),
-            "constraints": dumps(fields.get("constraints")),
-            "datetime_complete": fields.get("datetime_complete"),
-            "model_dir": fields.get("model_dir", ""), "flags": dumps(fields.get("flags", [])),
-            "created_at": now, "updated_at": now,
-        }
-        columns = ", ".join(f'"{c}"' for c in row)
-        cursor = self.conn.execute(
-            f"INSERT OR IGNORE INTO trials ({columns}) VALUES ({', '.join('?' * len(row))})",
-            list(row.values()),
-        )
-        if cursor.rowcount != 1:
-            return None
-        trial_id = int(cursor.lastrowid or 0)
-        self.conn.executemany(
-            "INSERT INTO stages (trial_id, stage_name, position, status, updated_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(trial_id, name, pos, status.value, now) for pos, (name, status) in enumerate(stages)],
-        )
-        self.add_event("trial.discovered", now, trial_id, None, None, status.value,
-                       f"{fields['study']}:{fields['number']}")
-        self._refresh_due(trial_id)
-        return trial_id
+        added = self.add_trials([fields], stages, stage_pos, now, status)
+        return added[0] if added else None
+
+    def add_trials(
+        self, many: Sequence[dict[str, Any]], stages: Sequence[tuple[str, StageStatus]],
+        stage_pos: int, now: float, status: TrialStatus = TrialStatus.PENDING,
+    ) -> list[int]:
+        """Insert discovered trials with their stage rows and events, in one transaction (the
+        caller's, if open); returns the new row ids, in order. Trials already known (same
+        study, generation and number) are left as they are.
+
+        A handful of statements per call, whatever its size: a catch-up of a million trials
+        costs executemany() calls, not a million round trips."""
+        # A new trial's current stage has never been tried: due now if it waits to start
+        # (what _refresh_due would compute for it).
+        waiting = (status.value in LIVE and stage_pos < len(stages)
+                   and stages[stage_pos][1] == StageStatus.PENDING)
+        due = 0.0 if waiting else None
+        rows = [
+            (f["study"], f.get("study_id", 0), f.get("generation", 0), f["number"],
+             f.get("trial_id"), status.value, stage_pos, due, f.get("value"),
+             dumps(f.get("values")), dumps(f.get("params") or {}),
+             dumps(f.get("user_attrs") or {}), dumps(f.get("constraints")),
+             f.get("datetime_complete"), f.get("model_dir", ""), dumps(f.get("flags", [])),
+             now, now)
+            for f in many
+        ]
+        with self.transaction():
+            # Under the write lock nothing else inserts: the rows above the current highest id
+            # are exactly the ones this call added (INTEGER PRIMARY KEY: max(id) + 1 each).
+            before = self._max_id("trials")
+            self.conn.executemany(INSERT_TRIAL, rows)
+            added = [int(r[0]) for r in self._all(
+                "SELECT id FROM trials WHERE id > ? ORDER BY id", [before])]
+            if not added:
+                return []
+            if stages:
+                each = ", ".join(["(?, ?, ?)"] * len(stages))
+                self.conn.execute(
+                    f"WITH s (name, pos, status) AS (VALUES {each})"
+                    " INSERT INTO stages (trial_id, stage_name, position, status, updated_at)"
+                    " SELECT t.id, s.name, s.pos, s.status, ? FROM trials t, s"
+                    " WHERE t.id > ? ORDER BY t.id, s.pos",
+                    [*(v for pos, (name, st) in enumerate(stages) for v in (name, pos, st.value)),
+                     now, before])
+            kind, first_event = "trial.discovered", self._max_id("events")
+            self.conn.execute(
+                "INSERT INTO events (ts, trial_id, kind, new_status, message)"
+                " SELECT ?, id, ?, status, study || ':' || trial_number FROM trials"
+                " WHERE id > ? ORDER BY id", [now, kind, before])
+            if kind in self.notify_kinds:  # as add_event does
+                self.conn.execute(
+                    "INSERT INTO outbox (event_id, next_attempt_at)"
+                    " SELECT id, ? FROM events WHERE id > ? ORDER BY id", [now, first_event])
+        return added
+
+    def _max_id(self, table: str) -> int:
+        return int(self._one(f"SELECT COALESCE(MAX(id), 0) FROM {table}")[0])  # type: ignore[index]
 
     def known_numbers(self, study: str, generation: int, numbers: Sequence[int]) -> set[int]:
         """Which of these trial numbers of this study generation are already recorded."""

@@ -20,7 +20,7 @@ from pipeline_v2 import faults, plan
 from pipeline_v2.config import Config, StageConfig, load_config
 from pipeline_v2.daemon_ops import DaemonOps
 from pipeline_v2.deployer import Deployer
-from pipeline_v2.discovery import Discovery
+from pipeline_v2.discovery import SLICE_S, Discovery
 from pipeline_v2.errors import PipelineError
 from pipeline_v2.guard import GuardMixin
 from pipeline_v2.lock import DaemonLock
@@ -84,6 +84,7 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
         self.reload_requested = False
         self.stop_deadline: float | None = None
         self.next_discovery = 0.0
+        self.catching_up = False  # the last discovery poll stopped at its slice: more to read
         self.next_health = 0.0
         self.next_watchdog = 0.0
         self.next_control_check = 0.0
@@ -110,7 +111,8 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
                                       executor=executor,
                                       executor_spec=self.config.daemon.executor)
             self.executor_health: tuple[str, str] | None = None
-            self.discovery = Discovery(self.config, self.store)
+            self.discovery = Discovery(self.config, self.store,
+                                       slice_seconds=None if self.mode == "once" else SLICE_S)
             self.deployer = Deployer(self.config, self.store, Supervisor(self.selector),
                                      monotonic=self.monotonic)
             self.notifier = Notifier(self.config)
@@ -173,7 +175,8 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
 
     def _is_idle(self, now: float) -> bool:
         # Idle includes the outbox: every notification delivered, or waiting on its backoff.
-        return (not self.runner.running and not self.store.has_waiting_work()
+        return (not self.runner.running and not self.catching_up
+                and not self.store.has_waiting_work()
                 and self.deployer.is_idle()
                 and not (self.notifier.is_alive() and self.store.has_due_notifications(now)))
 
@@ -298,6 +301,9 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
         mono = self.monotonic() if mono is None else mono
         self.next_discovery = mono + self.config.daemon.check_interval
         result = self._guard("discovery", self.discovery.poll, now)
+        self.catching_up = result is not None and result.more
+        if self.catching_up:  # a first catch-up goes on next turn, after the loop's other work
+            self.next_discovery = mono
         if result is not None:
             self.ops.polled(result, now)
         if result is not None and (result.total or result.errors):

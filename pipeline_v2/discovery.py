@@ -37,6 +37,7 @@ from pipeline_v2.templates import base_fields
 log = get_logger("discovery")
 
 PAGE = 2000  # trials read and recorded per transaction
+SLICE_S = 0.05  # the daemon's polls stop after about this much catch-up work (a page or more)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class DiscoveryResult:
     errors: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unavailable: bool = False  # missing or busy for now: degraded, retried next poll
+    more: bool = False  # a catch-up stopped at its time slice: poll again next turn
 
     @property
     def total(self) -> int:
@@ -120,9 +122,13 @@ def trial_fields(record: TrialRecord, study: StudyRef, config: Config,
 class Discovery:
     """Polls one Optuna storage for the configured studies. Keep one per daemon."""
 
-    def __init__(self, config: Config, store: Store, source: TrialSource | None = None) -> None:
+    def __init__(self, config: Config, store: Store, source: TrialSource | None = None,
+                 slice_seconds: float | None = None) -> None:
         self.config = config
         self.store = store
+        # The daemon's loop must not wait out a first catch-up of a million trials: a poll stops
+        # after this much work (pages that record new trials) and says `more`. None: no limit.
+        self.slice_seconds = slice_seconds
         self.storage = config.storage_url
         # Cursors are keyed by the URL without its password: rotating it keeps the cursors.
         self.cursor_key = redact_url(self.storage)
@@ -172,8 +178,10 @@ class Discovery:
                 result.missing = [
                     n for n in self.config.optuna.studies if n != "*" and n not in found
                 ]
-                for study in studies:
-                    new = self._poll_one(study, now, result)
+                deadline = (None if self.slice_seconds is None
+                            else time.perf_counter() + self.slice_seconds)
+                for study in studies:  # each goes at least one page beyond its cursor
+                    new = self._poll_one(study, now, result, deadline)
                     result.new[study.name] = result.new.get(study.name, 0) + new
         except StorageError as exc:
             result.errors.append(str(exc))
@@ -183,10 +191,13 @@ class Discovery:
         self._record_health(result, now if now is not None else time.time())
         return result
 
-    def _poll_one(self, study: StudyRef, now: float | None, result: DiscoveryResult) -> int:
+    def _poll_one(self, study: StudyRef, now: float | None, result: DiscoveryResult,
+                  deadline: float | None) -> int:
         """One study; what it raises (beyond the storage failing) is its error, not the poll's."""
         try:
-            return self.poll_study(study, now)
+            new, more = self.poll_study(study, now, deadline)
+            result.more |= more
+            return new
         except StorageError:
             raise
         except Exception as exc:
@@ -208,16 +219,21 @@ class Discovery:
             return fresh | {"generation": cursor["generation"] + 1, "fingerprint": fingerprint}
         return cursor | {"fingerprint": fingerprint}
 
-    def poll_study(self, study: StudyRef, now: float | None = None) -> int:
-        """Record the study's newly finished trials; returns how many were new.
+    def poll_study(self, study: StudyRef, now: float | None = None,
+                   deadline: float | None = None) -> tuple[int, bool]:
+        """Record the study's newly finished trials: (how many were new, whether more remain).
 
         Trials are read and recorded a page at a time (one transaction each), so a first
-        catch-up of a million trials holds one page in memory, never the whole study.
+        catch-up of a million trials holds one page in memory, never the whole study. Past the
+        `deadline` (perf_counter) the poll stops after a page beyond the cursor and saves where
+        it got; the next poll re-reads what this one found once (as after any poll: a trial
+        whose insert committed late is still seen), which costs heads only, and goes on.
         """
         cursor = self._cursor(study)
         stamp = now if now is not None else time.time()
         after, ids = cursor["lag_trial_id"], cursor["open_ids"]
         highest, still_open, new = cursor["max_trial_id"], set(), 0
+        more = False
         while True:
             heads = self.source.heads(study, after, ids, limit=PAGE)
             newer = [h.trial_id for h in heads if h.trial_id > after]
@@ -226,6 +242,10 @@ class Discovery:
             highest = max([highest, *(h.trial_id for h in heads)])
             new += self._record(study, cursor["generation"], heads, stamp)
             if len(newer) < PAGE:
+                break
+            beyond = highest > cursor["max_trial_id"]
+            if deadline is not None and beyond and time.perf_counter() >= deadline:
+                more = True
                 break
             after = max(newer)
         updated = cursor | {
@@ -236,7 +256,7 @@ class Discovery:
         if updated != cursor:  # nothing new and nothing moved: no write at all
             with self.store.transaction():
                 self.store.save_cursor(self.cursor_key, study.name, updated, stamp)
-        return new
+        return new, more
 
     def _record(self, study: StudyRef, generation: int, heads: list[TrialHead],
                 stamp: float) -> int:

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from enum import Enum
 from typing import IO, Any
 
-
 _PLAIN = frozenset({str, int, bool, type(None)})
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from pipeline_v2 import discovery as discovery_module
 from pipeline_v2.config import parse_config
 from pipeline_v2.discovery import Discovery
 from pipeline_v2.models import StageStatus, TrialStatus
@@ -127,6 +128,29 @@ class TestDiscoveryContract:
         row = store.find_trial("s:0")
         assert row.value == math.inf
         assert row.flags == ["non_finite_value"]
+
+    def test_a_sliced_catch_up_records_every_trial_once(
+        self, tmp_path: Path, storage: Storage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The daemon's polls stop at their time slice (here: after every page beyond the
+        cursor) and go on where they stopped; a trial finishing meanwhile is still seen."""
+        monkeypatch.setattr(discovery_module, "PAGE", 3)
+        url, config, store = setup(tmp_path, storage)
+        study = make_study(url, "s")
+        complete(study, 10, 1.0)
+        running = study.ask()  # number 10, finishes mid-catch-up
+        complete(study, 2, 1.0)
+        discovery = Discovery(config, store, slice_seconds=0.0)
+        polls = []
+        while not polls or polls[-1].more:
+            polls.append(discovery.poll())
+            if len(polls) == 2:
+                study.tell(running, 2.0)
+            assert len(polls) < 20
+        assert [p.total for p in polls[:3]] == [3, 3, 3]  # one page of new trials per poll
+        assert sum(p.total for p in polls) == 13
+        assert refs(store) == sorted(f"s:{n}" for n in range(13))
+        assert discovery.poll().total == 0
 
     def test_restart_in_the_middle_keeps_the_cursor(self, tmp_path: Path, storage: Storage) -> None:
         url, config, store = setup(tmp_path, storage)

@@ -73,3 +73,22 @@ def test_no_spin_under_once_while_an_attempt_runs(tmp_path: Path) -> None:
     summary = SimulatedDaemon(path, real_wait=1.0, mode="once").run()
     assert summary.reason == "once" and summary.attempts == 2
     assert summary.turns <= 10
+
+
+def test_until_idle_waits_for_a_catch_up_done_in_slices(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each poll stops after one page (3 trials) beyond its cursor; the next goes on at once,
+    # not check_interval later, and the daemon is not idle until every trial is in.
+    import pipeline_v2.daemon as daemon_module
+    import pipeline_v2.discovery as discovery_module
+
+    monkeypatch.setattr(discovery_module, "PAGE", 3)
+    monkeypatch.setattr(daemon_module, "SLICE_S", 0.0)
+    path = workspace(tmp_path, {"a": {"run": f"{FIX}:ok", "max_attempts": 1}}, trials=10,
+                     daemon={"check_interval": 600, "workers": 2, "http": None})
+    daemon = SimulatedDaemon(path, mode="until_idle", timeout=60)
+    summary = daemon.run()
+    assert summary.idle
+    statuses = [t.status for t in store_for(path).list_trials()]
+    assert statuses == [TrialStatus.PASSED] * 10
+    assert daemon.offset < 60  # never waited a check_interval between slices

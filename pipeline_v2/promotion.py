@@ -38,6 +38,7 @@ class PromotionMixin:
     _promoted_for: tuple[int, ...]
     _promote_again: float
     _promote_not_before: float
+    _promote_deferred: bool
     studies: StudyCache
     mono: float
 
@@ -104,7 +105,9 @@ class PromotionMixin:
         # Only when its inputs moved, and at most once a second while stages churn out events.
         mono = self.mono  # the turn's monotonic reading: pacing never follows the wall clock
         if mono < self._promote_not_before:
+            self._promote_deferred = True  # next_check_due wakes the loop when the spacing ends
             return
+        self._promote_deferred = False
         key = self.store.promotion_inputs()
         if key == self._promoted_for and mono < self._promote_again:
             return

@@ -38,11 +38,24 @@ class Supervised:
     detect_s: list[float] = field(default_factory=list)
 
 
+def _cpu_seconds(proc: psutil.Process) -> float:
+    """CPU time of all the process's threads, to the nanosecond (/proc/PID/task/*/schedstat):
+    psutil's cpu_times count 10 ms clock ticks, which cannot tell 0.05 % from 0.1 % in 10 s."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{proc.pid}/task"):
+            with open(f"/proc/{proc.pid}/task/{task}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):  # no schedstat here: clock ticks will do
+        times = proc.cpu_times()
+        return times.user + times.system
+
+
 def _cpu_over(proc: psutil.Process, seconds: float) -> float:
-    before = proc.cpu_times()
+    before = _cpu_seconds(proc)
     time.sleep(seconds)
-    after = proc.cpu_times()
-    return 100 * ((after.user + after.system) - (before.user + before.system)) / seconds
+    return 100 * (_cpu_seconds(proc) - before) / seconds
 
 
 def _live_children(proc: psutil.Process, marker: str) -> list[psutil.Process]:

@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline_v2 import plan
 from pipeline_v2.config import Config
@@ -167,10 +168,14 @@ class Deployer(Lifecycle, PromotionMixin):
         return every
 
     def _check_running(self, now: float) -> None:
+        notes: list[tuple[int, dict[str, Any]]] = []  # display copies: one write for them all
         for dep in self.store.deployments(*RUNNING):
-            self.guarded(dep.trial_id, "check", now, self._check_one, dep, now)
+            self.guarded(dep.trial_id, "check", now, self._check_one, dep, now, notes)
+        if notes:
+            self.guarded(None, "note heartbeats", now, self.store.note_deployments, notes, now)
 
-    def _check_one(self, dep: Deployment, now: float) -> None:
+    def _check_one(self, dep: Deployment, now: float,
+                   notes: list[tuple[int, dict[str, Any]]]) -> None:
         if dep.id not in self.supervisor.watched:  # lost track of it (a failed step): settle it
             self.reconcile_one(dep, now)
             return
@@ -192,8 +197,8 @@ class Deployer(Lifecycle, PromotionMixin):
             metrics = read_metrics(Path(dep.run_dir))
             heartbeat = None if age is None else now - age
             if heartbeat != dep.last_heartbeat or (metrics and metrics != dep.metrics):
-                self.store.note_deployment(dep.id, now, last_heartbeat=heartbeat,
-                                           **({"metrics": metrics} if metrics else {}))
+                notes.append((dep.id, {"last_heartbeat": heartbeat,
+                                       **({"metrics": metrics} if metrics else {})}))
         started = dep.started_at or now
         if (now - started >= self.stage.evaluate_after_seconds
                 and self.store.get_trial(dep.trial_id).status == TrialStatus.DEPLOYED):

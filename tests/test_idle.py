@@ -223,3 +223,27 @@ def test_no_wake_for_the_promotion_spacing_unless_a_pass_was_deferred() -> None:
     assert deployer.next_check_due() is None  # just after a pass: nothing to pass again for
     deployer._promote(1_000_000.0)  # a turn within the spacing: its pass waits
     assert deployer.next_check_due() == 101.0
+
+
+def test_the_heartbeats_noted_by_one_check_are_one_write(tmp_path: Path) -> None:
+    """The display copies of 100 traders' heartbeats: one transaction, not 100."""
+    now = 1_000_000.0
+    deps = []
+    for i in range(3):
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        (run_dir / "heartbeat").touch()
+        os.utime(run_dir / "heartbeat", (now - 1, now - 1))
+        deps.append(SimpleNamespace(id=i, trial_id=i, status=DeploymentStatus.RUNNING,
+                                    run_dir=str(run_dir), spawned_at=now - 100, started_at=now,
+                                    last_heartbeat=None, metrics=None))
+    writes: list = []
+    deployer = deployer_module.Deployer.__new__(deployer_module.Deployer)
+    deployer.stage = SimpleNamespace(heartbeat_timeout=60, timeout_seconds=60,
+                                     evaluate_after_seconds=3600)
+    deployer.store = SimpleNamespace(deployments=lambda *statuses: deps,
+                                     note_deployments=lambda notes, at: writes.append(notes))
+    deployer.supervisor = SimpleNamespace(watched={0: None, 1: None, 2: None})
+    deployer.noted, deployer.mono = {}, 0.0
+    deployer._check_running(now)
+    assert writes == [[(i, {"last_heartbeat": now - 1}) for i in range(3)]]

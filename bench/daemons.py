@@ -104,6 +104,14 @@ def run_daemon(config: Path, state: Path, traders: int, idle_s: float, kills: in
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+        # Also a trader restarted after the last look (a crash's backoff ending during the
+        # SIGTERM): one left running would be re-adopted by the next case's daemon.
+        workspace = str(config.parent)
+        for found in psutil.process_iter(["cmdline"]):
+            cmdline = found.info["cmdline"] or []
+            if any("shim.py" in part for part in cmdline[:4]) and any(
+                    part.startswith(workspace) for part in cmdline[4:6]):
+                shims.append(found)
         for shim in shims:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(shim.pid, signal.SIGKILL)

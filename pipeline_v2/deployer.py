@@ -62,8 +62,10 @@ class Deployer(Lifecycle, PromotionMixin):
         self.configure(config)
 
     def configure(self, config: Config) -> None:
-        """(Re)read the config: which stage deploys and how."""
+        """(Re)read the config: which stage deploys and how (then promote again: the slots or
+        the ranking may have changed without an event)."""
         self.config = config
+        self._promoted_for = ()
         found = config.deploy_stage
         self.stage_name, self.stage = found if found else (None, None)
         self.logs_dir = config.logs_path

@@ -21,7 +21,11 @@ from pipeline_v2.reports.study import StudyCache, study_gate_reasons, study_gate
 from pipeline_v2.store import Store
 
 D = DeploymentStatus
+# Promotion runs when its inputs moved (store.promotion_inputs); besides, a pass every
+# PROMOTE_EVERY_S while `study.` gates hold trials back (their metrics are recomputed at most
+# that often), else every PROMOTE_SAFETY_S, for a change that came without an event.
 PROMOTE_EVERY_S = 30.0
+PROMOTE_SAFETY_S = 300.0
 PROMOTE_SPACING_S = 1.0
 BY_HAND = "deployed by hand"
 log = get_logger("deployer")
@@ -111,7 +115,9 @@ class PromotionMixin:
         key = self.store.promotion_inputs()
         if key == self._promoted_for and mono < self._promote_again:
             return
-        self._promoted_for, self._promote_again = key, mono + PROMOTE_EVERY_S
+        gated = bool(study_gates(self.stage.parsed_gates))  # type: ignore[union-attr]
+        self._promoted_for = key
+        self._promote_again = mono + (PROMOTE_EVERY_S if gated else PROMOTE_SAFETY_S)
         self._promote_not_before = mono + PROMOTE_SPACING_S
         promotion = self._promotion()
         for trial_id in promotion.start:

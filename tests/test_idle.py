@@ -247,3 +247,28 @@ def test_the_heartbeats_noted_by_one_check_are_one_write(tmp_path: Path) -> None
     deployer.noted, deployer.mono = {}, 0.0
     deployer._check_running(now)
     assert writes == [[(i, {"last_heartbeat": now - 1}) for i in range(3)]]
+
+
+def test_promotion_runs_again_without_an_event_only_rarely_or_for_study_gates() -> None:
+    """An idle loop does not re-rank every 30 s: only `study.` gates (recomputed at most that
+    often) need it; otherwise a pass follows its inputs, a reload, or a 5-minute safety net."""
+    passes: list[float] = []
+    deployer = deployer_module.Deployer.__new__(deployer_module.Deployer)
+    stage = SimpleNamespace(parsed_gates=[], enabled=True, max_deployments=1)
+    deployer.stage = stage
+    deployer.store = SimpleNamespace(promotion_inputs=lambda: (1, 1, 7),
+                                     deployments=lambda *statuses: [],
+                                     handover_targets=lambda: set())
+    deployer._promotion = lambda: passes.append(deployer.mono) or SimpleNamespace(
+        start=[], replace=[])
+    deployer._promoted_for, deployer._promote_again = (), 0.0
+    deployer._promote_not_before, deployer._promote_deferred = 0.0, False
+    for deployer.mono in (0.0, 31.0, 299.0, 301.0):
+        deployer._promote(1_000_000.0)
+    assert passes == [0.0, 301.0]
+    deployer.configure = deployer_module.Deployer.configure.__get__(deployer)
+    deployer.store.ensure_rank_index = lambda rank_by: None
+    deployer.configure(SimpleNamespace(deploy_stage=None, logs_path=Path("logs")))
+    deployer.stage, deployer.mono = stage, 302.0
+    deployer._promote(1_000_000.0)  # a reload: the slots or the ranking may have changed
+    assert passes == [0.0, 301.0, 302.0]

@@ -1,7 +1,7 @@
 """What the CLI's commands do, as plain functions over the config and the state DB.
 
 These work whether or not a daemon runs: they change the state DB in short transactions, and a
-running daemon picks the change up on its next turn (within a second).
+running daemon picks the change up at once (the CLI's store wakes it through wake.py).
 """
 
 from __future__ import annotations

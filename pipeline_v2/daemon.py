@@ -1,8 +1,8 @@
 """The loop: reap -> discover when due -> plan -> act -> heartbeat -> wait for an event or due time.
 
 One control thread. Signal handlers only set flags and write to a wakeup fd; every wait is a
-selector over worker pipes, process fds and that wakeup fd, capped at one second so control
-commands from the CLI take effect within a second.
+selector over worker pipes, process fds (a trader's exit), the CLI's wake socket and that wakeup
+fd, until the next due time. Idle, nothing else wakes it: no per-turn polling.
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ from pipeline_v2.wake import WakeSocket
 
 Mode = Literal["forever", "once", "until_idle"]
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
-# The CLI wakes the daemon through the wake socket when it changes something; this slow
-# re-read is only the fallback (no socket, a lost datagram).
+# The CLI wakes the daemon through the wake socket when it changes something. Without a socket
+# (its path too long, or it cannot be bound) the controls are re-read every CONTROL_CHECK_S;
+# with one, only every CONTROL_FALLBACK_S, in case a command's datagram went astray (e.g. its
+# socket file was removed by hand).
 CONTROL_CHECK_S = 5.0
+CONTROL_FALLBACK_S = 60.0
 BUSY_CAP_S = 1.0  # while attempts run, the loop looks at them at least this often
 log = get_logger("daemon")
 
@@ -88,6 +91,7 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
         self.next_health = 0.0
         self.next_watchdog = 0.0
         self.next_control_check = 0.0
+        self.control_every = CONTROL_CHECK_S  # CONTROL_FALLBACK_S once the wake socket is bound
         self.paused_all = False
         self.disk_full: str | None = None  # the reason, while nothing new may start
         self.next_space_probe = 0.0
@@ -106,6 +110,7 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
             self.wake = WakeSocket(self.config.state_db_path)
             if self.wake.sock is not None:
                 self.selector.register(self.wake.sock, selectors.EVENT_READ, self._on_wake)
+                self.control_every = CONTROL_FALLBACK_S
             executor = make_executor(self.config.daemon.executor, self.selector)
             self.runner = StageRunner(self.config.daemon.workers, self.selector,
                                       executor=executor,
@@ -196,7 +201,8 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
 
         A due time only counts when the loop may act on it (a free worker and attempts
         allowed; deployments allowed to start); else an event wakes it. Stored times are
-        wall-clock (`now`), in-memory deadlines monotonic (`mono`).
+        wall-clock (`now`), in-memory deadlines monotonic (`mono`). The systemd watchdog and
+        the disk-full probe are due times too: nothing else wakes the loop for them.
         """
         mono = self.monotonic() if mono is None else mono
         may_start = self._may_start_attempts()
@@ -209,9 +215,13 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
         if self.mode != "once" and not self.stop_requests:
             mono_due.append(self.next_discovery)
         mono_due += [self.next_control_check, self.next_health]
+        if self.disk_full:
+            mono_due.append(self.next_space_probe)
+        if watchdog_interval():
+            mono_due.append(self.next_watchdog)
         # A --timeout run (tests, CI) keeps the 1 s cadence so it ends close to its deadline.
         busy = self.runner.running or self.timeout is not None
-        cap = BUSY_CAP_S if busy else CONTROL_CHECK_S
+        cap = BUSY_CAP_S if busy else self.control_every
         return min(plan.next_wake(now, *wall_due, cap=cap),
                    plan.next_wake(mono, *mono_due, cap=cap))
 
@@ -312,7 +322,7 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
 
     def _read_controls(self, mono: float) -> None:
         """What the CLI may have changed: pause-all, and attempts cancelled or reset."""
-        self.next_control_check = mono + CONTROL_CHECK_S
+        self.next_control_check = mono + self.control_every
         self.paused_all = self.store.get_setting("paused_all") == "1"
         running = self.runner.running
         for stage_id in self.store.not_running(running) if running else []:

@@ -16,7 +16,7 @@ from pipeline_v2.health import Check, Level
 from pipeline_v2.http.server import HttpService
 from pipeline_v2.logs import get_logger
 from pipeline_v2.models import TrialStatus
-from pipeline_v2.systemd import sd_notify
+from pipeline_v2.systemd import sd_notify, under_systemd
 
 log = get_logger("daemon")
 
@@ -90,6 +90,8 @@ class DaemonOps:
         self.facts.skip = frozenset(daemon.failing | ({"disk"} if daemon.disk_full else set()))
         monitor.record_all(daemon.store, daemon.config, self.facts, now)
         self.facts.loop_lag = 0.0
+        if not under_systemd():
+            return  # the counts below are only for systemd's STATUS line
         counts = daemon.store.trial_counts()
         sd_notify("STATUS=" + ", ".join(
             f"{counts.get(s.value, 0)} {s.value}" for s in (

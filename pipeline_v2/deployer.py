@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline_v2 import plan
 from pipeline_v2.config import Config
@@ -56,12 +57,15 @@ class Deployer(Lifecycle, PromotionMixin):
         self._promoted_for: tuple[int, ...] = ()
         self._promote_again = 0.0
         self._promote_not_before = 0.0
+        self._promote_deferred = False  # a turn came within the spacing: pass again after it
         self.studies = StudyCache()
         self.configure(config)
 
     def configure(self, config: Config) -> None:
-        """(Re)read the config: which stage deploys and how."""
+        """(Re)read the config: which stage deploys and how (then promote again: the slots or
+        the ranking may have changed without an event)."""
         self.config = config
+        self._promoted_for = ()
         found = config.deploy_stage
         self.stage_name, self.stage = found if found else (None, None)
         self.logs_dir = config.logs_path
@@ -96,7 +100,7 @@ class Deployer(Lifecycle, PromotionMixin):
         self._follow_trials(now)
         if self.mono >= self.next_check:
             self._check_running(now)
-            self.next_check = self.mono + self._check_every()
+            self.next_check = self.mono + self._check_every(now)
         if may_start and self.enabled:
             self.guarded(None, "promote", now, self._promote, now)
             self._start_due(now)
@@ -110,8 +114,9 @@ class Deployer(Lifecycle, PromotionMixin):
         if self.stage is None:
             return None
         times = [self.next_check] if self.store.deployments(*OCCUPYING) else []
-        if self.enabled and self._promote_not_before > self.mono:
-            times.append(self._promote_not_before)  # a pass deferred by the spacing
+        if self.enabled and self._promote_deferred and self._promote_not_before > self.mono:
+            times.append(self._promote_not_before)  # a pass deferred by the spacing (an idle
+            # loop after a pass has nothing to pass again for: it does not wake for it)
         return min(times) if times else None
 
     def next_due(self, now: float, may_start: bool = True) -> float | None:
@@ -146,27 +151,38 @@ class Deployer(Lifecycle, PromotionMixin):
 
     # -- health checks and evaluation -------------------------------------------------------------
 
-    def _check_every(self) -> float:
-        """Seconds between health checks: 1 while a trader awaits its first heartbeat, else a
-        quarter of heartbeat_timeout (at most NOTE_EVERY_S): an idle daemon rarely wakes."""
+    def _check_every(self, now: float) -> float:
+        """Seconds between health checks: a quarter of heartbeat_timeout (at most NOTE_EVERY_S),
+        so an idle daemon rarely wakes. While a trader awaits its first heartbeat, a quarter of
+        the time it has waited so far (at least CHECK_EVERY_S): a fresh trader is looked at each
+        second, one slow to start less and less often (its first heartbeat is noticed within a
+        quarter of its start-up time, and a hang within a quarter of timeout_seconds)."""
         assert self.stage is not None
         running = self.store.deployments(*RUNNING)
+        every = min(NOTE_EVERY_S, max(CHECK_EVERY_S, self.stage.heartbeat_timeout / 4))
         # Nothing running: nothing to check, and no wake either (next_check_due is None).
-        if not running or any(d.status == D.STARTING for d in running):
+        if not running:
             return CHECK_EVERY_S
-        return min(NOTE_EVERY_S, max(CHECK_EVERY_S, self.stage.heartbeat_timeout / 4))
+        for dep in running:
+            if dep.status == D.STARTING:
+                waited = max(0.0, now - (dep.spawned_at or now))
+                every = min(every, max(CHECK_EVERY_S, min(waited, self.stage.timeout_seconds) / 4))
+        return every
 
     def _check_running(self, now: float) -> None:
+        notes: list[tuple[int, dict[str, Any]]] = []  # display copies: one write for them all
         for dep in self.store.deployments(*RUNNING):
-            self.guarded(dep.trial_id, "check", now, self._check_one, dep, now)
+            self.guarded(dep.trial_id, "check", now, self._check_one, dep, now, notes)
+        if notes:
+            self.guarded(None, "note heartbeats", now, self.store.note_deployments, notes, now)
 
-    def _check_one(self, dep: Deployment, now: float) -> None:
+    def _check_one(self, dep: Deployment, now: float,
+                   notes: list[tuple[int, dict[str, Any]]]) -> None:
         if dep.id not in self.supervisor.watched:  # lost track of it (a failed step): settle it
             self.reconcile_one(dep, now)
             return
         assert self.stage is not None
-        run_dir = Path(dep.run_dir)
-        age = heartbeat_age(run_dir, now)
+        age = heartbeat_age(dep.run_dir, now)
         running_for = now - (dep.spawned_at or now)
         if dep.status == D.STARTING and age is not None:
             dep = self.store.set_deployment_status(dep, D.RUNNING, now, "first heartbeat")
@@ -180,11 +196,11 @@ class Deployer(Lifecycle, PromotionMixin):
             return
         if self.mono >= self.noted.get(dep.id, 0.0):  # the DB copy is for display: every 10 s
             self.noted[dep.id] = self.mono + NOTE_EVERY_S
-            metrics = read_metrics(run_dir)
+            metrics = read_metrics(Path(dep.run_dir))
             heartbeat = None if age is None else now - age
             if heartbeat != dep.last_heartbeat or (metrics and metrics != dep.metrics):
-                self.store.note_deployment(dep.id, now, last_heartbeat=heartbeat,
-                                           **({"metrics": metrics} if metrics else {}))
+                notes.append((dep.id, {"last_heartbeat": heartbeat,
+                                       **({"metrics": metrics} if metrics else {})}))
         started = dep.started_at or now
         if (now - started >= self.stage.evaluate_after_seconds
                 and self.store.get_trial(dep.trial_id).status == TrialStatus.DEPLOYED):

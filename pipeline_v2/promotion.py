@@ -21,7 +21,11 @@ from pipeline_v2.reports.study import StudyCache, study_gate_reasons, study_gate
 from pipeline_v2.store import Store
 
 D = DeploymentStatus
+# Promotion runs when its inputs moved (store.promotion_inputs); besides, a pass every
+# PROMOTE_EVERY_S while `study.` gates hold trials back (their metrics are recomputed at most
+# that often), else every PROMOTE_SAFETY_S, for a change that came without an event.
 PROMOTE_EVERY_S = 30.0
+PROMOTE_SAFETY_S = 300.0
 PROMOTE_SPACING_S = 1.0
 BY_HAND = "deployed by hand"
 log = get_logger("deployer")
@@ -38,6 +42,7 @@ class PromotionMixin:
     _promoted_for: tuple[int, ...]
     _promote_again: float
     _promote_not_before: float
+    _promote_deferred: bool
     studies: StudyCache
     mono: float
 
@@ -104,11 +109,15 @@ class PromotionMixin:
         # Only when its inputs moved, and at most once a second while stages churn out events.
         mono = self.mono  # the turn's monotonic reading: pacing never follows the wall clock
         if mono < self._promote_not_before:
+            self._promote_deferred = True  # next_check_due wakes the loop when the spacing ends
             return
+        self._promote_deferred = False
         key = self.store.promotion_inputs()
         if key == self._promoted_for and mono < self._promote_again:
             return
-        self._promoted_for, self._promote_again = key, mono + PROMOTE_EVERY_S
+        gated = bool(study_gates(self.stage.parsed_gates))  # type: ignore[union-attr]
+        self._promoted_for = key
+        self._promote_again = mono + (PROMOTE_EVERY_S if gated else PROMOTE_SAFETY_S)
         self._promote_not_before = mono + PROMOTE_SPACING_S
         promotion = self._promotion()
         for trial_id in promotion.start:

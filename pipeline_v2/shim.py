@@ -17,15 +17,17 @@ by probing the lock.
 It also owns the trader's log: the trader's stdout and stderr are a pipe the shim copies into
 LOG_FILE, rotating it by size (LOG_FILE.1 .. LOG_FILE.BACKUPS) by rename and reopen — the
 trader's handle is the pipe, so rotation never loses a line or disturbs the trader.
-Imports are kept to the standard minimum so each shim costs a few MB.
+Imports are the fewest a Python can run this with, since every trader has its own shim: no
+`contextlib`, and `_signal` (the C module `signal` wraps) rather than `signal`, whose `enum`
+import alone costs a unique MB per process (see "Supervision overhead" in the README).
 """
 
-import contextlib
+# ruff: noqa: SIM105 - try/except/pass on purpose: contextlib costs each shim memory
+import _signal as signal  # `signal` without its enum wrappers: same functions, same numbers
 import ctypes
 import fcntl
 import os
 import select
-import signal
 import sys
 import time
 
@@ -90,8 +92,20 @@ def descendants(root: int) -> list[int]:
 def signal_descendants(sig: int) -> None:
     """Signal each descendant by pid: setsid'd ones are in no group we could name."""
     for pid in descendants(os.getpid()):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def has_children() -> bool:
+    """True while the shim has a child, live or not yet reaped. As a subreaper it inherits
+    every orphan of the trader, so no child means no descendant: nothing to signal."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 class RotatingLog:
@@ -133,8 +147,10 @@ class RotatingLog:
         """Start a new log file, keeping the last backups."""
         os.close(self.fd)
         for i in range(self.backups - 1, 0, -1):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+            except FileNotFoundError:
+                pass
         if self.backups:
             os.replace(self.path, f"{self.path}.1")
         else:
@@ -156,12 +172,16 @@ def main(argv: list[str]) -> int:
                          "a trader already runs in this run dir; not starting another\n")
         return BUSY_EXIT
     log = RotatingLog(log_file, max_bytes, backups)
-    with contextlib.suppress(OSError, AttributeError):  # elsewhere init reaps grandchildren
+    try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # elsewhere init reaps grandchildren
+        pass
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    with contextlib.suppress(FileNotFoundError):
+    try:
         os.unlink(exit_file)
+    except FileNotFoundError:
+        pass
     # A child's exit wakes select() at once, through the wakeup fd.
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -195,8 +215,10 @@ def main(argv: list[str]) -> int:
             else:
                 pipe_open = False
         if wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
+            try:
                 os.read(wake_r, 512)
+            except BlockingIOError:
+                pass
         while True:  # reap everything that ended: the trader and any orphans it left
             try:
                 child, status = os.waitpid(-1, os.WNOHANG)
@@ -212,7 +234,8 @@ def main(argv: list[str]) -> int:
                     fh.write(str(code))
                 os.replace(tmp, exit_file)
                 deadline = time.monotonic() + LEFTOVER_GRACE_S
-                signal_descendants(signal.SIGTERM)  # leftovers the trader forked: ask them to go
+                if has_children():  # else skip the /proc walk: the exit is reported sooner
+                    signal_descendants(signal.SIGTERM)  # leftovers it forked: ask them to go
         if code is not None:
             if child == -1 and not pipe_open:
                 break

@@ -277,10 +277,11 @@ def read_exit_code(run_dir: Path, shim_status: int | None = None) -> int | None:
     return shim_status
 
 
-def heartbeat_age(run_dir: Path, now: float) -> float | None:
-    """Seconds since the trader last touched its heartbeat file, or None if it never did."""
+def heartbeat_age(run_dir: Path | str, now: float) -> float | None:
+    """Seconds since the trader last touched its heartbeat file, or None if it never did.
+    (A str run dir is the cheap path the deployer's periodic check takes: no Path objects.)"""
     try:
-        return now - (run_dir / HEARTBEAT_FILE).stat().st_mtime
+        return now - os.stat(os.path.join(run_dir, HEARTBEAT_FILE)).st_mtime
     except OSError:
         return None
 

@@ -6,6 +6,12 @@ import os
 import socket
 
 
+def under_systemd() -> bool:
+    """True when systemd listens for sd_notify messages (a message it would drop costs
+    nothing to skip building)."""
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
 def sd_notify(message: str) -> bool:
     """Send one state line to systemd; False when not running under systemd."""
     address = os.environ.get("NOTIFY_SOCKET")

@@ -3,7 +3,7 @@
 The daemon binds it and waits on it in its selector; a CLI command that committed a change
 (pause, cancel, deploy, stop, ...) sends one byte, so the change takes effect at once without
 the daemon polling the DB for it. Sending is best effort: no daemon, no socket, no harm — the
-daemon also re-reads the controls every few seconds.
+daemon also re-reads the controls every minute (every 5 s when it could not bind the socket).
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ def post_action(req: Request) -> Response:
     if action in NEEDS_STAGE and not stage:
         return error(400, f'{action}: the body needs a "stage" (e.g. {{"stage": "backtest"}})')
     store = open_store(req.config)  # short-lived writer: the server's own connection is read-only
+    store.wakes_daemon = True  # the loop acts on the change at once (it does not poll for it)
     try:
         result = _run(action, store, req.config, ref, stage or None)
         found = store.find_trial(ref)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import selectors
 import socket
 import threading
 from collections.abc import Callable
@@ -30,6 +31,18 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     service: HttpService
+
+    def serve_until(self, stop: int) -> None:
+        """Serve until `stop` (a pipe's read end) is readable. Unlike `serve_forever`, which
+        wakes every poll_interval to look at its shutdown flag, an idle server never wakes."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(stop, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _ in selector.select()}
+                if stop in ready:
+                    return
+                self.handle_request()  # a connection waits: accept it and hand it to a thread
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -71,6 +84,7 @@ class HttpService:
         self.store: Store | None = None
         self.server: _Server | None = None
         self.thread: threading.Thread | None = None
+        self.stop_pipe: tuple[int, int] | None = None
         self.bound: tuple[str, int] | None = None
         self.error: str | None = None
         self.registry = registry_for(PipelineCollector(lambda: self._store(), self.config))
@@ -96,8 +110,9 @@ class HttpService:
             return False
         self.server.service = self
         self.bound = (host, self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={
-            "poll_interval": 0.2}, name="pipeline-http", daemon=True)
+        self.stop_pipe = os.pipe()
+        self.thread = threading.Thread(target=self.server.serve_until, args=(self.stop_pipe[0],),
+                                       name="pipeline-http", daemon=True)
         self.thread.start()
         log.info("http_listening", host=host, port=self.bound[1])
         return True
@@ -105,12 +120,18 @@ class HttpService:
     def stop(self) -> bool:
         """Stop serving and close the connection; True when it was serving."""
         served = self.server is not None
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        if self.stop_pipe is not None:
+            os.write(self.stop_pipe[1], b"!")
         if self.thread is not None:
             self.thread.join(timeout=5)
+            self.thread = None
+        if self.server is not None:
+            self.server.server_close()
+            self.server = None
+        if self.stop_pipe is not None:
+            for fd in self.stop_pipe:
+                os.close(fd)
+            self.stop_pipe = None
         with self.lock:
             if self.store is not None:
                 self.store.close()

@@ -147,6 +147,12 @@ class DeploymentsMixin(TrialsMixin):
                 [*sets.values(), now, deployment_id],
             )
 
+    def note_deployments(self, notes: list[tuple[int, dict[str, Any]]], now: float) -> None:
+        """Several `note_deployment`s in one transaction (the periodic heartbeat check's)."""
+        with self.transaction():
+            for deployment_id, sets in notes:
+                self.note_deployment(deployment_id, now, **sets)
+
     def has_event(self, trial_id: int, kind: str, since: float) -> bool:
         """True if the trial has an event of this kind at or after `since`."""
         return self._one("SELECT 1 FROM events WHERE trial_id = ? AND kind = ? AND ts >= ?"

@@ -84,9 +84,11 @@ def event_counts(store: Store, kind: str) -> dict[str | None, int]:
 def deployment_facts(store: Store) -> list[dict[str, Any]]:
     """The newest deployment of each trial, with what health and metrics need."""
     rows = _all(store, "SELECT d.id, d.status, d.restarts, d.last_heartbeat, d.metrics,"
-                       " d.reason, t.study, t.trial_number, (SELECT COUNT(*) FROM events e"
+                       " d.reason, t.study, t.trial_number,"
+                       # Only a fatal deployment can be a crash loop: no events read for others.
+                       " CASE WHEN d.status = 'fatal' THEN (SELECT COUNT(*) FROM events e"
                        " WHERE e.trial_id = d.trial_id AND e.kind = 'deployment.crash_loop'"
-                       " AND e.ts >= COALESCE(d.spawned_at, d.updated_at)) AS loops"
+                       " AND e.ts >= COALESCE(d.spawned_at, d.updated_at)) ELSE 0 END AS loops"
                        " FROM deployments d JOIN trials t ON t.id = d.trial_id"
                        " WHERE d.id IN (SELECT MAX(id) FROM deployments GROUP BY trial_id)"
                        " ORDER BY d.id")

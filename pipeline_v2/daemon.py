@@ -288,15 +288,6 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
             sd_notify("WATCHDOG=1")
             self.next_watchdog = mono + interval
 
-    def _record_executor_health(self, now: float, force: bool = False) -> None:
-        """The executor's health entry, written when it changes (and with each heartbeat)."""
-        health = self.runner.executor.health()
-        if health is not None and (force or health != self.executor_health):
-            if health[0] == "error" and health != self.executor_health:
-                log.warning("executor_unavailable", message=health[1])
-            self.executor_health = health
-            self.store.set_health("executor", health[0], health[1], now)
-
     def _claim_and_record(self, now: float, may_start: bool) -> list[tuple[StageRun, Trial]]:
         """One short transaction: this turn's claims and every outcome to record. It commits
         before anything is spawned, so no write lock is held across a process start."""
@@ -305,29 +296,6 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
             for stage_id, outcome in list(self.unrecorded.items()):
                 self._record_safely(stage_id, outcome, now)
         return claimed
-
-    def discover(self, now: float, mono: float | None = None) -> None:
-        """One discovery pass; a failing storage is a health entry, never a crash."""
-        mono = self.monotonic() if mono is None else mono
-        self.next_discovery = mono + self.config.daemon.check_interval
-        result = self._guard("discovery", self.discovery.poll, now)
-        self.catching_up = result is not None and result.more
-        if self.catching_up:  # a first catch-up goes on next turn, after the loop's other work
-            self.next_discovery = mono
-        if result is not None:
-            self.ops.polled(result, now)
-        if result is not None and (result.total or result.errors):
-            log.info("discovery_polled", new=result.new, errors=result.errors,
-                     ms=round(result.seconds * 1000, 3))
-
-    def _read_controls(self, mono: float) -> None:
-        """What the CLI may have changed: pause-all, and attempts cancelled or reset."""
-        self.next_control_check = mono + self.control_every
-        self.paused_all = self.store.get_setting("paused_all") == "1"
-        running = self.runner.running
-        for stage_id in self.store.not_running(running) if running else []:
-            log.info("stage_killed", stage_id=stage_id, reason="no longer running in the DB")
-            self.runner.kill(stage_id)
 
     def claim_due(self, now: float) -> list[tuple[StageRun, Trial]]:
         """Claim due attempts up to the worker limit (the caller commits, then starts them)."""

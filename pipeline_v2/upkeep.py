@@ -1,4 +1,5 @@
-"""The daemon's upkeep: start-up reconciliation of attempts, SIGHUP reload, the heartbeat.
+"""The daemon's upkeep: start-up reconciliation of attempts, SIGHUP reload, the heartbeat,
+discovery passes, the CLI's control changes and the executor's health.
 
 A mixin of `daemon.Daemon`, kept apart so the loop itself reads in one screen.
 """
@@ -19,7 +20,8 @@ log = get_logger("daemon")
 
 
 class UpkeepMixin:
-    """Reconcile, reload and heartbeat; the attributes are the daemon's."""
+    """Reconcile, reload, heartbeat, discover and read controls; the attributes are the
+    daemon's."""
 
     config: Any
     store: Any
@@ -34,6 +36,13 @@ class UpkeepMixin:
     _ref: Any
     _on_disk_full: Any
     _set_failing: Any
+    monotonic: Any
+    next_discovery: float
+    catching_up: bool
+    next_control_check: float
+    control_every: float
+    paused_all: bool
+    executor_health: Any
 
     def reconcile(self, now: float) -> None:
         """Attempts left running by a dead daemon: what is left of them is killed, then they go
@@ -89,3 +98,34 @@ class UpkeepMixin:
         level = "warning" if percent >= self.config.daemon.disk_warn_percent else "ok"
         self.store.set_health("disk", level, f"{percent:.0f}% used", now)
 
+    def _record_executor_health(self, now: float, force: bool = False) -> None:
+        """The executor's health entry, written when it changes (and with each heartbeat)."""
+        health = self.runner.executor.health()
+        if health is not None and (force or health != self.executor_health):
+            if health[0] == "error" and health != self.executor_health:
+                log.warning("executor_unavailable", message=health[1])
+            self.executor_health = health
+            self.store.set_health("executor", health[0], health[1], now)
+
+    def discover(self, now: float, mono: float | None = None) -> None:
+        """One discovery pass; a failing storage is a health entry, never a crash."""
+        mono = self.monotonic() if mono is None else mono
+        self.next_discovery = mono + self.config.daemon.check_interval
+        result = self._guard("discovery", self.discovery.poll, now)
+        self.catching_up = result is not None and result.more
+        if self.catching_up:  # a first catch-up goes on next turn, after the loop's other work
+            self.next_discovery = mono
+        if result is not None:
+            self.ops.polled(result, now)
+        if result is not None and (result.total or result.errors):
+            log.info("discovery_polled", new=result.new, errors=result.errors,
+                     ms=round(result.seconds * 1000, 3))
+
+    def _read_controls(self, mono: float) -> None:
+        """What the CLI may have changed: pause-all, and attempts cancelled or reset."""
+        self.next_control_check = mono + self.control_every
+        self.paused_all = self.store.get_setting("paused_all") == "1"
+        running = self.runner.running
+        for stage_id in self.store.not_running(running) if running else []:
+            log.info("stage_killed", stage_id=stage_id, reason="no longer running in the DB")
+            self.runner.kill(stage_id)

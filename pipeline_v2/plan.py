@@ -201,7 +201,7 @@ def promote(candidates: Sequence[tuple[int, float]], deployed: Sequence[tuple[in
             max_deployments: int, min_improvement: float,
             fixed: Collection[int] = ()) -> Promotion:
     """Fill free slots with the best waiting trials; then let a waiting trial replace the worst
-    deployed one when it beats it by at least `min_improvement`. Higher rank is better.
+    deployed one when it beats it (strictly) by at least `min_improvement`. Higher rank is better.
     Deployed trials in `fixed` (pinned by hand, or mid-handover) hold their slot for good."""
     waiting = sorted(candidates, key=lambda c: (-c[1], c[0]))
     free = max(0, max_deployments - len(deployed))
@@ -210,7 +210,9 @@ def promote(candidates: Sequence[tuple[int, float]], deployed: Sequence[tuple[in
     current = sorted((d for d in deployed if d[0] not in fixed),
                      key=lambda d: (d[1], d[0]))  # worst first
     for trial, rank in waiting[free:]:
-        if not current or rank < current[0][1] + min_improvement:
+        # Strictly better, by at least min_improvement: an equal rank (or -inf against -inf,
+        # a metric missing on both) never churns a running trader.
+        if not current or not (rank > current[0][1] and rank >= current[0][1] + min_improvement):
             break
         worst = current.pop(0)
         replace.append((worst[0], trial))

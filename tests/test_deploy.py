@@ -273,6 +273,15 @@ def test_promotion_plan() -> None:
     assert plan.rank_of("a.missing", 3.0, {"a": {}}) == float("-inf")
 
 
+@pytest.mark.parametrize(("waiting", "deployed"), [
+    (0.6, 0.6),  # as good, with min_improvement 0: no gain, only a trader's restart
+    (float("-inf"), float("-inf")),  # the rank metric missing on both
+])
+def test_promotion_never_churns_an_equal_trader(waiting: float, deployed: float) -> None:
+    assert plan.promote([(1, waiting)], [(10, deployed)], 1, 0.0) == plan.Promotion()
+    assert plan.promote([(1, 0.7)], [(10, 0.6)], 1, 0.0) == plan.Promotion((), ((10, 1),))
+
+
 @pytest.mark.parametrize(("mode", "message"), [
     ("nothing", "error: no trial \"7\"; known: s: 1 trials, 0..0\n"),
 ])

@@ -135,6 +135,8 @@ def handles_errors(fn: F) -> F:
             raise fail(_corrupt(kwargs.get("config"), exc), 1) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # `pipeline trials --json | head`: click exits 1, quietly
+            raise
         except Exception as exc:
             engine = _engine_error()
             if engine is not None and isinstance(exc, engine):

@@ -91,6 +91,11 @@ USAGE_ERRORS = [
                          "(did you mean check or schema?)"),
     (["config", "zzz"], 'error: zzz: not a command of "pipeline config" '
                         "(expected one of check, show, schema)"),
+    # checked before the workspace is opened (there is none here)
+    (["trials", "--json", "--jsonl"], "error: --json and --jsonl: choose one"),
+    (["pause"], "error: pipeline pause: missing TRIAL (trial number, or study:number) or --all"),
+    (["resume", "3", "--all"], 'error: pipeline resume: TRIAL "3" and --all: choose one'),
+    (["stop"], "error: pipeline stop: missing TRIAL (trial number, or study:number) or --all"),
 ]
 
 

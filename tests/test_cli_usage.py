@@ -129,6 +129,13 @@ def test_a_directory_for_the_config_is_named_by_where_it_came_from(invoke, tmp_p
                              "(expected a file)\n")
 
 
+def test_a_bad_flag_value_from_the_environment_says_what_it_takes(invoke) -> None:
+    result = invoke("status", env={"PIPELINE_DEBUG": "maybe"}, prog_name="pipeline")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == ('error: $PIPELINE_DEBUG: expected true or false (1/0, yes/no, '
+                             'on/off), got "maybe"\n')
+
+
 def test_status_interval_without_watch_is_a_usage_error(invoke) -> None:
     invoke("init")
     result = invoke("status", "--interval", "5")

@@ -246,3 +246,26 @@ def test_trials_sort_by_a_metric_when_results_hold_nan_and_infinity(tmp_path: Pa
         assert [t.number for t in page["trials"]] == order
     page = trials_browse(store, TrialQuery(sort="a.profit_factor", desc=True))
     assert [t.number for t in page["trials"]][0] == 0
+
+
+def test_pipeline_dashboard_prints_one_line_and_logs_to_the_file(tmp_path: Path) -> None:
+    """Not a debug line per request on stdout (every 3 s per open page)."""
+    path = workspace(tmp_path, STAGES, trials=1)
+    run(path)
+    server = subprocess.Popen([sys.executable, "-m", "pipeline_v2", "dashboard", "--port", "0",
+                               "--config", str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()  # type: ignore[union-attr]
+        base = re.fullmatch(r"dashboard on (http://127\.0\.0\.1:\d+)/ \(Ctrl-C to stop\)\n",
+                            first)
+        assert base, first
+        assert get(base[1] + "/")[0] == 200
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=10)
+    assert server.returncode == 0
+    assert (out, err) == ("", "")
+    logged = [json.loads(line)["event"] for line in
+              (tmp_path / "logs" / "pipeline.jsonl").read_text().splitlines()]
+    assert "http_listening" in logged and "http_request" not in logged  # INFO, as the daemon

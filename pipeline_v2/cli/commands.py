@@ -20,6 +20,7 @@ from pipeline_v2.cli.common import (
     fail,
     given,
     load_config,
+    log_to_file,
     open_workspace,
     render,
     render_json,
@@ -140,6 +141,7 @@ def discover(config: ConfigPath = None, json_: JsonFlag = False) -> None:
     from pipeline_v2.discovery import Discovery
 
     cfg, store = open_workspace(config)
+    log_to_file(cfg)  # a study that fails to read logs its traceback: not onto stdout
     result = Discovery(cfg, store).poll()
     if result.errors and not result.new:  # the storage itself failed: the one line, no summary
         raise fail(result.errors[0])

@@ -209,6 +209,15 @@ def emit(data: Any, as_json: bool, view: Callable[[Any], Any] | None = None) -> 
         console().print(view(data))
 
 
+def log_to_file(config: Config, console: bool = False) -> None:
+    """Send what library code logs (discovery, the HTTP server) to logs/pipeline.jsonl at INFO,
+    as the daemon does (`console`: also to stderr on a terminal), never onto stdout, where
+    structlog prints everything, debug included, until it is configured."""
+    from pipeline_v2 import logs
+
+    logs.configure(config.logs_path, console=None if console else False)
+
+
 def load_config(config_path: Path | None) -> Config:
     """The workspace's config (pydantic is imported here, not at CLI start)."""
     from pipeline_v2.config import load_config as load

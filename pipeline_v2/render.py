@@ -200,7 +200,8 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
 
 def report_view(report: dict[str, Any]) -> Group:
     """`pipeline report`: counts, then one row per trial, best first."""
-    counts = "   ".join(f"{k} {v}" for k, v in sorted(report["counts"].items()))
+    counts = "   ".join(f"{k} {v}" for k, v in sorted(report["counts"].items())) or (
+        "no trials yet")
     table = Table(title=Text(f"trials ranked by {report['rank_by']}"), box=None)
     # The trial is what a user types next: never cut it; the reason gives way instead.
     widest = max((len(row["trial"]) for row in report["trials"]), default=5)

@@ -114,6 +114,8 @@ def pipeline_report_view(report: dict[str, Any]) -> Group:
                     fmt(st.get("slope"), 3), fmt(st.get("prob_oos_loss"), 3)
                     + (f"  ({st['reason']})" if st.get("reason") else ""))
     tp = report["throughput"]
-    flow = Text(f"throughput: {sum(b['decided'] for b in tp['buckets'])} trials decided in "
-                f"{len(tp['buckets'])} buckets of {tp['bucket_seconds']} s")
+    decided, buckets = sum(b["decided"] for b in tp["buckets"]), len(tp["buckets"])
+    flow = Text(f"throughput: {decided} trial{'s' * (decided != 1)} decided in {buckets} "
+                f"bucket{'s' * (buckets != 1)} of {tp['bucket_seconds']:g} s" if buckets
+                else "throughput: nothing discovered yet")
     return Group(report_view(report), steps, stages, flow, pbo)

@@ -7,9 +7,12 @@ import hashlib
 import json
 import random
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
+import pytest
 
 from pipeline_v2.config import load_config
 from pipeline_v2.discovery import Discovery
@@ -128,6 +131,23 @@ def test_an_unexpected_error_is_one_line_and_the_traceback_is_logged(
     assert result.exit_code == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.endswith("error: unexpected RuntimeError: a bug\n")
+
+
+@pytest.mark.parametrize("args", [["status", "--json"], ["trials", "--jsonl"],
+                                  ["show", "0", "--json"], ["trials"]])
+def test_a_reader_that_closed_the_pipe_is_no_error(invoke, tmp_path: Path, args) -> None:
+    """`pipeline trials --jsonl | head -1`: the reader went away, which is not a bug to report
+    (click exits 1 quietly, as for a rich table)."""
+    stages_workspace(tmp_path, {"a": {"run": "tests.fixtures.stages:ok"}})
+    assert invoke("discover").exit_code == 0
+    with subprocess.Popen([sys.executable, "-m", "pipeline_v2", *args], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdout.close()  # before the interpreter has even started: every write fails
+        stderr = process.stderr.read().decode()
+    assert process.returncode == 1
+    assert stderr == ""
+    log = tmp_path / "logs" / "pipeline.jsonl"
+    assert "BrokenPipeError" not in (log.read_text() if log.exists() else "")
 
 
 def corrupt_workspace(tmp_path: Path, invoke) -> Path:

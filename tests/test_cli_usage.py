@@ -91,6 +91,11 @@ USAGE_ERRORS = [
                          "(did you mean check or schema?)"),
     (["config", "zzz"], 'error: zzz: not a command of "pipeline config" '
                         "(expected one of check, show, schema)"),
+    # checked before the workspace is opened (there is none here)
+    (["trials", "--json", "--jsonl"], "error: --json and --jsonl: choose one"),
+    (["pause"], "error: pipeline pause: missing TRIAL (trial number, or study:number) or --all"),
+    (["resume", "3", "--all"], 'error: pipeline resume: TRIAL "3" and --all: choose one'),
+    (["stop"], "error: pipeline stop: missing TRIAL (trial number, or study:number) or --all"),
 ]
 
 
@@ -122,6 +127,13 @@ def test_a_directory_for_the_config_is_named_by_where_it_came_from(invoke, tmp_p
     assert result.exit_code == 2
     assert result.stderr == (f'error: $PIPELINE_CONFIG: "{tmp_path}" is a directory '
                              "(expected a file)\n")
+
+
+def test_a_bad_flag_value_from_the_environment_says_what_it_takes(invoke) -> None:
+    result = invoke("status", env={"PIPELINE_DEBUG": "maybe"}, prog_name="pipeline")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == ('error: $PIPELINE_DEBUG: expected true or false (1/0, yes/no, '
+                             'on/off), got "maybe"\n')
 
 
 def test_status_interval_without_watch_is_a_usage_error(invoke) -> None:

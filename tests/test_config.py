@@ -269,3 +269,39 @@ def test_executor_is_local_or_a_scheduler_address(write_config) -> None:
     assert str(caught.value).endswith(
         'stages.json: daemon.executor: expected "local" or a Dask scheduler address like '
         '"tcp://host:8786", got "dask"')
+
+
+@pytest.mark.parametrize(("storage", "line"), [
+    ("redis://u:pw@host/0?token=abc", 'stages.json: optuna.storage: expected sqlite://, '
+     'postgresql://, mysql:// or a journal file path, got "redis://u:***@host/0?token=***"'),
+    ("", 'stages.json: optuna.storage: expected at least 1 character(s), got ""'),
+])
+def test_a_storage_discovery_cannot_read_is_a_config_error(write_config, storage, line) -> None:
+    with pytest.raises(ConfigError) as caught:
+        write_config({"optuna": {"storage": storage}})
+    assert str(caught.value).endswith(line)
+    for fine in ("postgresql+psycopg2://u:pw@db/optuna", "journal.log", "sqlite:////abs.db"):
+        assert write_config({"optuna": {"storage": fine}}).optuna.storage == fine
+
+
+@pytest.mark.parametrize(("daemon", "line"), [
+    ({"http_token": "short-secret"},
+     'stages.json: daemon.http_token: expected at least 16 character(s), got "***"'),
+    ({"http_token": 1234567}, 'stages.json: daemon.http_token: expected a string, got "***"'),
+])
+def test_a_bad_token_is_never_quoted_back(write_config, daemon, line) -> None:
+    with pytest.raises(ConfigError) as caught:
+        write_config({"daemon": daemon})
+    assert str(caught.value).endswith(line)
+
+
+def test_the_token_from_the_environment_needs_16_characters_too(write_config,
+                                                                monkeypatch) -> None:
+    monkeypatch.setenv("PIPELINE_HTTP_TOKEN", "abc")
+    with pytest.raises(ConfigError) as caught:
+        write_config({})
+    assert str(caught.value) == "$PIPELINE_HTTP_TOKEN: expected at least 16 characters, got 3"
+    monkeypatch.setenv("PIPELINE_HTTP_TOKEN", "")  # set but empty: no token
+    assert write_config({}).daemon.http_token is None
+    monkeypatch.setenv("PIPELINE_HTTP_TOKEN", "x" * 16)
+    assert write_config({"daemon": {"http": "0.0.0.0:0"}}).daemon.http == "0.0.0.0:0"

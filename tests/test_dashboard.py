@@ -224,3 +224,48 @@ def test_deployments_draw_equity_with_restarts_and_sparklines(tmp_path: Path) ->
     assert 'data-values="100.0 101.0 102.0 103.0 104.0"' in page
     assert 'class="marker"' in page and 'data-time="2027-01-15T08:02:00+00:00"' in page
     assert '<svg class="spark"' in overview and ">2<" in overview  # restarts
+
+
+def test_trials_sort_by_a_metric_when_results_hold_nan_and_infinity(tmp_path: Path) -> None:
+    """A backtest with no losing trade has profit_factor Infinity: sorting the trials page by a
+    metric of that stage answered 500 "malformed JSON" (the demo's data has such a trial)."""
+    from pipeline_v2.store.base import dumps
+    from pipeline_v2.store.browse import TrialQuery, trials_browse
+
+    path = workspace(tmp_path, {"a": stage("metric_from_param")}, trials=4)
+    run(path)
+    store = store_for(path)
+    results = {0: {"sharpe": 0.5, "profit_factor": float("inf")}, 1: {"sharpe": float("nan")},
+               2: {"sharpe": float("-inf")}, 3: {"sharpe": float("inf")}}
+    with store.transaction() as conn:
+        for number, metrics in results.items():
+            conn.execute("UPDATE stages SET results = ? WHERE trial_id = (SELECT id FROM trials"
+                         " WHERE trial_number = ?)", [dumps(metrics), number])
+    for desc, order in ((True, [3, 0, 2, 1]), (False, [2, 0, 3, 1])):  # NaN last either way
+        page = trials_browse(store, TrialQuery(sort="a.sharpe", desc=desc))
+        assert [t.number for t in page["trials"]] == order
+    page = trials_browse(store, TrialQuery(sort="a.profit_factor", desc=True))
+    assert [t.number for t in page["trials"]][0] == 0
+
+
+def test_pipeline_dashboard_prints_one_line_and_logs_to_the_file(tmp_path: Path) -> None:
+    """Not a debug line per request on stdout (every 3 s per open page)."""
+    path = workspace(tmp_path, STAGES, trials=1)
+    run(path)
+    server = subprocess.Popen([sys.executable, "-m", "pipeline_v2", "dashboard", "--port", "0",
+                               "--config", str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()  # type: ignore[union-attr]
+        base = re.fullmatch(r"dashboard on (http://127\.0\.0\.1:\d+)/ \(Ctrl-C to stop\)\n",
+                            first)
+        assert base, first
+        assert get(base[1] + "/")[0] == 200
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=10)
+    assert server.returncode == 0
+    assert (out, err) == ("", "")
+    logged = [json.loads(line)["event"] for line in
+              (tmp_path / "logs" / "pipeline.jsonl").read_text().splitlines()]
+    assert "http_listening" in logged and "http_request" not in logged  # INFO, as the daemon

@@ -136,3 +136,34 @@ def test_discover_with_an_unreachable_server_prints_only_the_error(
     assert result.stderr.startswith(
         f"error: optuna.storage: cannot read 'postgresql://u:***@127.0.0.1:{port}/db': ")
     assert result.stderr.count("\n") == 1 and "secret" not in result.stderr
+
+
+def test_discover_logs_a_failing_study_to_the_file_not_onto_stdout(
+        invoke, tmp_path: Path, monkeypatch) -> None:
+    """structlog, unconfigured, prints every event (a traceback too) on stdout: `discover
+    --json` would not be JSON. The CLI routes them to logs/pipeline.jsonl."""
+    import json
+
+    import structlog
+
+    url = storage_url("sqlite", tmp_path)
+    complete(make_study(url, "s"), 1)
+    (tmp_path / "stages.json").write_text(json.dumps(
+        {"optuna": {"storage": url, "studies": ["s"]}, "state_db": "p.db"}))
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Discovery, "poll_study", explode)
+    structlog.reset_defaults()  # as in a fresh `pipeline discover` process
+    try:
+        result = invoke("discover", "--json")
+    finally:
+        structlog.reset_defaults()
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["errors"] == ["study 's': RuntimeError: boom"]
+    assert result.stderr == "error: study 's': RuntimeError: boom\n"
+    logged = [json.loads(line) for line in
+              (tmp_path / "logs" / "pipeline.jsonl").read_text().splitlines()]
+    assert logged[-1]["event"] == "study_poll_failed"
+    assert "RuntimeError: boom" in logged[-1]["exception"]

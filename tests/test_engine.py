@@ -170,7 +170,8 @@ def test_control_commands_name_what_exists(tmp_path: Path, invoke) -> None:
     assert result.stderr == 'error: trial s:0 has no stage "nope" (stages: a)\n'
     result = invoke("pause")
     assert result.exit_code == 2
-    assert result.stderr == "error: name a TRIAL or pass --all (not both)\n"
+    assert result.stderr == ("error: pipeline pause: missing TRIAL (trial number, or "
+                             "study:number) or --all\n")
 
 
 def test_pause_resume_and_cancel(tmp_path: Path, invoke) -> None:

@@ -216,3 +216,19 @@ def test_trial_report_shows_markup_as_text(invoke, tmp_path: Path) -> None:
     assert result.exit_code == 0, (result.output, result.exception)
     assert MARKUP in result.stdout
     ET.fromstring((tmp_path / "t.html").read_text())  # escaped in the page too
+
+
+def test_the_report_of_an_empty_state_db_says_so(invoke) -> None:
+    assert invoke("init").exit_code == 0
+    result = invoke("report")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["no trials yet", "trials ranked by backtest.sharpe"]
+    assert "throughput: nothing discovered yet" in lines  # was "... buckets of None s"
+
+
+def test_the_report_says_its_throughput_in_words(invoke, workspace: Path) -> None:
+    result = invoke("report", "--config", str(workspace))
+    flow = [line for line in result.stdout.splitlines() if line.startswith("throughput:")]
+    assert len(flow) == 1 and flow[0].startswith("throughput: 6 trials decided in ")
+    assert "None" not in flow[0] and " 1 buckets " not in flow[0]

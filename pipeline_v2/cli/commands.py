@@ -20,6 +20,7 @@ from pipeline_v2.cli.common import (
     fail,
     given,
     load_config,
+    log_to_file,
     open_workspace,
     render,
     render_json,
@@ -116,6 +117,8 @@ def trials(
             f'--status: unknown status "{status_}" (expected one of '
             f"{', '.join(s.value for s in TrialStatus)})"
         )
+    if json_ and jsonl:
+        raise UsageError("--json and --jsonl: choose one")
     _, store = open_workspace(config, reading=True)
     found = store.iter_trials(status_, limit, offset)
     if json_ or jsonl:
@@ -138,6 +141,7 @@ def discover(config: ConfigPath = None, json_: JsonFlag = False) -> None:
     from pipeline_v2.discovery import Discovery
 
     cfg, store = open_workspace(config)
+    log_to_file(cfg)  # a study that fails to read logs its traceback: not onto stdout
     result = Discovery(cfg, store).poll()
     if result.errors and not result.new:  # the storage itself failed: the one line, no summary
         raise fail(result.errors[0])
@@ -217,17 +221,21 @@ OptionalTrial = Annotated[
 ]
 
 
-def _one_or_all(trial: str | None, all_: bool) -> str | None:
-    if (trial is None) == (not all_):
-        raise UsageError("name a TRIAL or pass --all (not both)")
+def _one_or_all(command_: str, trial: str | None, all_: bool) -> str | None:
+    """TRIAL or --all, exactly one (checked before the workspace is opened)."""
+    if trial is None and not all_:
+        raise UsageError(f"pipeline {command_}: missing TRIAL (trial number, or study:number) "
+                         "or --all")
+    if trial is not None and all_:
+        raise UsageError(f'pipeline {command_}: TRIAL "{trial}" and --all: choose one')
     return trial
 
 
 @command()
 def pause(trial: OptionalTrial = None, all_: PauseAll = False, config: ConfigPath = None) -> None:
     """Pause a trial (nothing new starts for it; its trader stops), or the pipeline (--all)."""
+    ref = _one_or_all("pause", trial, all_)
     _, store = open_workspace(config)
-    ref = _one_or_all(trial, all_)
     done = control.pause(store, ref)
     typer.echo(f"paused: {', '.join(done)}" if ref else
                "paused: the pipeline (nothing new starts; trials keep their status)")
@@ -237,8 +245,8 @@ def pause(trial: OptionalTrial = None, all_: PauseAll = False, config: ConfigPat
 def resume(trial: OptionalTrial = None, all_: ResumeAll = False,
            config: ConfigPath = None) -> None:
     """Resume a paused trial, or the pipeline (--all; trials paused one by one stay paused)."""
+    ref = _one_or_all("resume", trial, all_)
     _, store = open_workspace(config)
-    ref = _one_or_all(trial, all_)
     done = control.resume(store, ref)
     if ref:
         typer.echo(f"resumed: {', '.join(done)}")
@@ -264,6 +272,7 @@ def deploy(trial: TrialRef, config: ConfigPath = None) -> None:
 @command()
 def stop(trial: OptionalTrial = None, all_: StopAll = False, config: ConfigPath = None) -> None:
     """Stop a deployed trader (or --all); its trial is retired."""
+    ref = _one_or_all("stop", trial, all_)
     cfg, store = open_workspace(config)
-    stopped = control.stop(store, cfg, _one_or_all(trial, all_))
+    stopped = control.stop(store, cfg, ref)
     typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")

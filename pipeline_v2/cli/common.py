@@ -135,6 +135,8 @@ def handles_errors(fn: F) -> F:
             raise fail(_corrupt(kwargs.get("config"), exc), 1) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # `pipeline trials --json | head`: click exits 1, quietly
+            raise
         except Exception as exc:
             engine = _engine_error()
             if engine is not None and isinstance(exc, engine):
@@ -205,6 +207,15 @@ def emit(data: Any, as_json: bool, view: Callable[[Any], Any] | None = None) -> 
         typer.echo(render_json.to_json(data))
     else:
         console().print(view(data))
+
+
+def log_to_file(config: Config, console: bool = False) -> None:
+    """Send what library code logs (discovery, the HTTP server) to logs/pipeline.jsonl at INFO,
+    as the daemon does (`console`: also to stderr on a terminal), never onto stdout, where
+    structlog prints everything, debug included, until it is configured."""
+    from pipeline_v2 import logs
+
+    logs.configure(config.logs_path, console=None if console else False)
 
 
 def load_config(config_path: Path | None) -> Config:

@@ -16,6 +16,7 @@ from pipeline_v2.cli.common import (
     command,
     emit,
     load_config,
+    log_to_file,
     open_workspace,
     render_ops,
 )
@@ -157,6 +158,7 @@ def dashboard(
 
     cfg, store = open_workspace(config)  # creates and migrates the state DB if needed
     store.close()
+    log_to_file(cfg, console=True)  # not a debug line per request on stdout
     service = HttpService(lambda: cfg, address=f"127.0.0.1:{port}")
     if not service.start():
         raise PipelineError(f'--port: cannot serve on 127.0.0.1:{port}: {service.error}')

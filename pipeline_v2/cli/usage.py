@@ -102,6 +102,8 @@ def _expected(param: Any) -> str:
     if descriptor is None:
         return "a value"
     info, kind = descriptor.parameter_info, descriptor.annotation
+    if kind is bool:  # a flag's value only comes from its environment variable
+        return "true or false (1/0, yes/no, on/off)"
     if kind in (int, float):
         noun = "an integer" if kind is int else "a number"
         low, high = info.min, info.max

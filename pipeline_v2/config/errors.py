@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from pipeline_v2.gates import format_number
+from pipeline_v2.redact import redact
 
 
 def quote(value: Any) -> str:
@@ -82,7 +83,9 @@ def describe(exc: ValidationError, model: type[BaseModel]) -> str:
     error = exc.errors()[0]
     loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    kind, ctx, got = error["type"], error.get("ctx", {}), quote(error.get("input"))
+    # a secret (daemon.http_token, a webhook's token) is never quoted back
+    got = quote(redact(error.get("input"), str(loc[-1]) if loc else ""))
+    kind, ctx = error["type"], error.get("ctx", {})
     if kind == "extra_forbidden":
         return f"{path}: {unknown_key(str(loc[-1]), _model_at(model, loc))}"
     if kind == "missing":
@@ -105,6 +108,10 @@ def describe(exc: ValidationError, model: type[BaseModel]) -> str:
         size = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
         which = "at least" if kind == "too_short" else "at most"
         return f"{path}: expected {which} {size} item(s), got {got}"
+    if kind in ("string_too_short", "string_too_long"):
+        size = ctx.get("min_length") if kind == "string_too_short" else ctx.get("max_length")
+        which = "at least" if kind == "string_too_short" else "at most"
+        return f"{path}: expected {which} {size} character(s), got {got}"
     if kind in _EXPECTED:
         return f"{path}: expected {_EXPECTED[kind]}{_bounds(model, loc)}, got {got}"
     return f"{path}: {error['msg']}, got {got}"

@@ -19,6 +19,7 @@ from pipeline_v2.config.checks import check_references
 from pipeline_v2.config.errors import describe, quote, unknown_key
 from pipeline_v2.config.sections import (
     DEFAULT_CONFIG_NAME,
+    MIN_TOKEN_LENGTH,
     Config,
     DeployStageConfig,
     StageConfig,
@@ -81,6 +82,10 @@ def parse_config(raw: Any, source: str = DEFAULT_CONFIG_NAME, base_dir: str = ".
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe(exc, Config)}") from None
+    env_token = os.environ.get(TOKEN_ENV)
+    if env_token and len(env_token) < MIN_TOKEN_LENGTH:  # as daemon.http_token (not quoted)
+        raise ConfigError(f"${TOKEN_ENV}: expected at least {MIN_TOKEN_LENGTH} characters, "
+                          f"got {len(env_token)}")
     if (config.daemon.http and not is_loopback(parse_address(config.daemon.http)[0])
             and not (config.daemon.http_token or os.environ.get(TOKEN_ENV))):
         raise ConfigError(

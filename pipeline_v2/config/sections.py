@@ -21,8 +21,10 @@ from pydantic import (
 
 from pipeline_v2.addresses import parse_address
 from pipeline_v2.gates import Gate, parse_gate, parse_gates
+from pipeline_v2.redact import redact_url
 
 DEFAULT_CONFIG_NAME = "stages.json"
+MIN_TOKEN_LENGTH = 16  # daemon.http_token and $PIPELINE_HTTP_TOKEN
 TEMPLATE_FIELDS = ("study", "number", "trial_id", "value", "params", "user_attrs", "python")
 COMMAND_FIELDS = (*TEMPLATE_FIELDS, "model_dir", "run_dir")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -82,10 +84,22 @@ Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0.0),
                     WithJsonSchema(_SECONDS_SCHEMA)]
 
 
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")  # with an optional "+driver"
+
+
+def _check_storage(value: str) -> str:
+    """A URL of a dialect discovery reads, or a journal file path (no "://")."""
+    if "://" in value and value.split(":", 1)[0].split("+", 1)[0] not in STORAGE_SCHEMES:
+        raise ValueError("expected sqlite://, postgresql://, mysql:// or a journal file path, "
+                         f"got {json.dumps(redact_url(value))}")
+    return value
+
+
 class OptunaConfig(_Model):
     """Where the Optuna trials come from."""
 
-    storage: str = Field("sqlite:///optuna.db", min_length=1)
+    storage: Annotated[str, AfterValidator(_check_storage)] = Field("sqlite:///optuna.db",
+                                                                     min_length=1)
     studies: list[str] = Field(["my_study"], min_length=1)
     states: list[Literal["COMPLETE", "PRUNED", "FAIL"]] = Field(["COMPLETE"], min_length=1)
     model_dir: str = "models/trial_{number}"
@@ -117,7 +131,7 @@ class DaemonConfig(_Model):
     # "local": worker processes on this host; a Dask scheduler address: callable stages there.
     executor: Annotated[str, AfterValidator(_check_executor)] = "local"
     http: str | None = "127.0.0.1:8765"
-    http_token: str | None = Field(None, min_length=16)
+    http_token: str | None = Field(None, min_length=MIN_TOKEN_LENGTH)
     disk_warn_percent: float = Field(90, gt=0, le=100)
     log_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     log_backups: int = Field(5, ge=1)

@@ -13,6 +13,7 @@ from typing import Any
 from pipeline_v2.models import StageStatus
 from pipeline_v2.store import Store
 from pipeline_v2.store.base import loads
+from pipeline_v2.store.ranking import CLEAN
 from pipeline_v2.store.trials import to_trial
 
 # Sort keys on the trials table itself (indexed); "stage.metric" sorts by a stage's result.
@@ -61,8 +62,12 @@ def trials_browse(store: Store, query: TrialQuery) -> dict[str, Any]:
         order, order_params = f"{COLUMNS[query.sort]} {direction}", []
     else:  # a metric: read from the stage's JSON, so this one scans (rare, and still bounded)
         stage, _, metric = query.sort.partition(".")
-        order = (f"(SELECT json_extract(s.results, '$.' || ?) FROM stages s WHERE s.trial_id = "
-                 f"t.id AND s.stage_name = ?) {direction} NULLS LAST")
+        # results may hold NaN / Infinity tokens SQLite's JSON parser refuses: read as promotion
+        # does (NaN as null, last; Infinity as 1e999), never "malformed JSON"
+        clean = CLEAN.replace("r.results", "s.results")
+        order = (f"(SELECT CASE WHEN json_valid({clean}) THEN json_extract({clean}, '$.' || ?)"
+                 f" END FROM stages s WHERE s.trial_id = t.id AND s.stage_name = ?) {direction}"
+                 " NULLS LAST")
         order_params = [metric, stage]
     rows = store.conn.execute(
         f"SELECT t.* FROM trials t {clause} ORDER BY {order}, t.id {direction} LIMIT ? OFFSET ?",

@@ -37,7 +37,7 @@ from pipeline_v2.templates import base_fields
 log = get_logger("discovery")
 
 PAGE = 2000  # trials read and recorded per transaction
-SLICE_S = 0.05  # the daemon's polls stop after about this much catch-up work (a page or more)
+SLICE_S = 0.05  # a daemon poll stops at the first page boundary past this (at least one page)
 
 
 @dataclass

@@ -180,8 +180,10 @@ class Daemon(UpkeepMixin, SignalsMixin, GuardMixin):
 
     def _is_idle(self, now: float) -> bool:
         # Idle includes the outbox: every notification delivered, or waiting on its backoff.
+        # Work held by `pause --all` is not work this daemon can do (paused trials never count:
+        # they have no due time).
         return (not self.runner.running and not self.catching_up
-                and not self.store.has_waiting_work()
+                and (self.paused_all or not self.store.has_waiting_work())
                 and self.deployer.is_idle()
                 and not (self.notifier.is_alive() and self.store.has_due_notifications(now)))
 

@@ -49,15 +49,18 @@ class Check:
 
 
 def overall(components: Mapping[str, Mapping[str, Any]], health_interval: float,
-            now: float, problems: Sequence[str] = (), unwritable: str | None = None) -> Overall:
+            now: float, problems: Sequence[str] = (), unwritable: str | None = None,
+            alive: bool = True) -> Overall:
     """healthy | degraded | down, from the components' last records (and trader problems seen
     since the last record).
 
     `unwritable`: why a live daemon cannot write the state DB (a full disk), if it cannot. Its
     heartbeat then goes stale while it runs: degraded with that reason, not down.
+    `alive`: whether a process holds the daemon's lock. A daemon killed without a word
+    (SIGKILL, a crash) leaves a fresh `running` heartbeat behind: no lock holder is down at once.
     """
     daemon = components.get("daemon")
-    if daemon is None or daemon["status"] == Level.STOPPED.value:
+    if daemon is None or daemon["status"] == Level.STOPPED.value or not alive:
         return Overall.DOWN
     if now - daemon["checked_at"] > MISSED_HEARTBEATS * health_interval:
         return Overall.DOWN if unwritable is None else Overall.DEGRADED
@@ -67,15 +70,18 @@ def overall(components: Mapping[str, Mapping[str, Any]], health_interval: float,
 
 
 def explain(components: Mapping[str, Mapping[str, Any]], state: Overall | str,
-            problems: Sequence[str] = (), unwritable: str | None = None) -> str:
+            problems: Sequence[str] = (), unwritable: str | None = None,
+            alive: bool = True) -> str:
     """Why the pipeline is in this state, in a few words."""
     daemon = components.get("daemon")
     if state == Overall.DOWN:
         if daemon is None:
             return "no daemon has run yet"
+        last = datetime.fromtimestamp(daemon["checked_at"], UTC).isoformat(timespec="seconds")
         if daemon["status"] == Level.STOPPED.value:
-            stopped = datetime.fromtimestamp(daemon["checked_at"], UTC)
-            return f"the daemon stopped at {stopped.isoformat(timespec='seconds')}"
+            return f"the daemon stopped at {last}"
+        if not alive:
+            return f"the daemon is not running (no process holds its lock; last heartbeat {last})"
         return "the daemon's heartbeat is stale"
     bad = [] if unwritable is None else [unwritable]
     bad += [f"{name}: {c['message']}" for name, c in components.items()

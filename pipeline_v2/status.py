@@ -64,17 +64,24 @@ def unwritable(components: dict[str, dict[str, Any]], config: Config, now: float
             f"cannot write {config.state_db_path.name}; nothing new starts until space returns")
 
 
+def daemon_alive(config: Config) -> bool:
+    """Whether a process holds the daemon's lock on this state DB (probed, not remembered)."""
+    return daemon_pid(config.state_db_path) is not None
+
+
 def pipeline_health(components: dict[str, dict[str, Any]], config: Config, now: float,
-                    problems: list[str] | None = None, blocked: str | None = None) -> str:
+                    problems: list[str] | None = None, blocked: str | None = None,
+                    alive: bool = True) -> str:
     """healthy | degraded | down, from the components' last records and the traders."""
     return health.overall(components, config.daemon.health_check_interval, now,
-                          problems or (), blocked).value
+                          problems or (), blocked, alive).value
 
 
 def health_detail(components: dict[str, dict[str, Any]], state: str,
-                  problems: list[str] | None = None, blocked: str | None = None) -> str:
+                  problems: list[str] | None = None, blocked: str | None = None,
+                  alive: bool = True) -> str:
     """Why the pipeline is in this state, in a few words."""
-    return health.explain(components, state, problems or (), blocked)
+    return health.explain(components, state, problems or (), blocked, alive)
 
 
 def snapshot(store: Store, config: Config, now: float) -> dict[str, Any]:
@@ -85,11 +92,12 @@ def snapshot(store: Store, config: Config, now: float) -> dict[str, Any]:
     deployments = store.deployment_rows()
     problems = deployment_problems(deployments)
     blocked = unwritable(components, config, now)
-    state = pipeline_health(components, config, now, problems, blocked)
+    alive = daemon_alive(config)
+    state = pipeline_health(components, config, now, problems, blocked, alive)
     stage_counts = store.stage_counts()  # one grouped query for every stage
     data: dict[str, Any] = {
         "pipeline": state,
-        "pipeline_detail": health_detail(components, state, problems, blocked),
+        "pipeline_detail": health_detail(components, state, problems, blocked, alive),
         **{f"trials_{status.value}": counts.get(status.value, 0) for status in TrialStatus},
         "trials_total": sum(counts.values()),
         "last_check": iso(float(last_check)) if last_check else None,
@@ -113,10 +121,11 @@ def health_report(store: Store, config: Config, now: float) -> dict[str, Any]:
     components = store.health()
     problems = deployment_problems(store.deployment_rows())
     blocked = unwritable(components, config, now)
-    state = pipeline_health(components, config, now, problems, blocked)
+    alive = daemon_alive(config)
+    state = pipeline_health(components, config, now, problems, blocked, alive)
     return {
         "status": state,
-        "detail": health_detail(components, state, problems, blocked),
+        "detail": health_detail(components, state, problems, blocked, alive),
         "components": {
             name: {"status": c["status"], "message": c["message"],
                    "checked_at": iso(c["checked_at"]), "details": c["details"]}

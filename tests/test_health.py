@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline_v2 import health
+from pipeline_v2.config import load_config
 from pipeline_v2.health import Check, Level, Overall
-from tests.engine_helpers import FIX, store_for, wait_for, workspace
+from pipeline_v2.lock import DaemonLock
+from tests.engine_helpers import FIX, spawn_daemon, store_for, wait_for, workspace
 from tests.http_helpers import get_json, with_daemon
 
 
@@ -53,7 +56,6 @@ def test_storage_vanishing_degrades_and_returning_heals(tmp_path: Path, invoke) 
 def test_a_clean_stop_leaves_no_stale_ok(tmp_path: Path, invoke) -> None:
     """After SIGTERM every component the daemon watched says `stopped`; health says since when,
     from the CLI and from /health (served by `pipeline dashboard` while no daemon runs)."""
-    from pipeline_v2.config import load_config
     from pipeline_v2.http.server import HttpService
 
     path = workspace(tmp_path, {"a": stage("ok")}, daemon={
@@ -84,6 +86,42 @@ def test_a_clean_stop_leaves_no_stale_ok(tmp_path: Path, invoke) -> None:
         service.stop()
     assert (code, body["status"], body["detail"]) == (503, "down", report["detail"])
     assert body["components"]["discovery"]["status"] == "stopped"
+
+
+def test_a_killed_daemon_is_down_at_once(tmp_path: Path, invoke) -> None:
+    """SIGKILL leaves a fresh `running` heartbeat behind; with no process holding the lock,
+    status, health and /health (served by `pipeline dashboard`) say down at once, not after
+    three missed heartbeats."""
+    from pipeline_v2.http.server import HttpService
+
+    path = workspace(tmp_path, {"a": stage("ok")}, daemon={
+        "check_interval": 0.1, "health_check_interval": 60, "http": None})
+    store = store_for(path)
+    proc = spawn_daemon(path)
+    try:
+        wait_for(lambda: store.health().get("daemon", {}).get("status") == "running")
+        assert invoke("health", "--config", str(path)).exit_code == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    heartbeat = store.health()["daemon"]
+    assert heartbeat["status"] == "running"  # nobody recorded the death
+    since = datetime.fromtimestamp(heartbeat["checked_at"], UTC).isoformat(timespec="seconds")
+    detail = f"the daemon is not running (no process holds its lock; last heartbeat {since})"
+    result = invoke("status", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].startswith(f"pipeline down ({detail})   trials ")
+    result = invoke("health", "--config", str(path))
+    assert result.exit_code == 2
+    assert result.stdout.splitlines()[0] == f"pipeline down ({detail})"
+    service = HttpService(lambda: load_config(path), address="127.0.0.1:0")
+    assert service.start()
+    try:
+        assert service.bound is not None
+        code, body = get_json(f"http://127.0.0.1:{service.bound[1]}/health")
+    finally:
+        service.stop()
+    assert (code, body["status"], body["detail"]) == (503, "down", detail)
 
 
 def test_a_stopped_daemon_keeps_its_components_problems(tmp_path: Path) -> None:
@@ -120,16 +158,19 @@ def test_pipeline_health_exit_codes(tmp_path: Path, invoke) -> None:
     result = invoke("health", *cfg)
     assert result.exit_code == 2 and "pipeline down (no daemon has run yet)" in result.stdout
     _record(path, daemon="running", disk="ok", discovery="ok")
-    result = invoke("health", *cfg)
-    assert result.exit_code == 0, result.output
-    assert "pipeline healthy" in result.stdout
-    _record(path, disk="warning")
-    result = invoke("health", "--json", *cfg)
-    assert result.exit_code == 1
-    report = json.loads(result.stdout)
-    assert report["status"] == "degraded"
-    assert report["detail"] == "disk: disk says warning"
-    assert report["components"]["disk"]["status"] == "warning"
+    with DaemonLock(load_config(path).state_db_path):  # as a live daemon holds it
+        result = invoke("health", *cfg)
+        assert result.exit_code == 0, result.output
+        assert "pipeline healthy" in result.stdout
+        _record(path, disk="warning")
+        result = invoke("health", "--json", *cfg)
+        assert result.exit_code == 1
+        report = json.loads(result.stdout)
+        assert report["status"] == "degraded"
+        assert report["detail"] == "disk: disk says warning"
+        assert report["components"]["disk"]["status"] == "warning"
+    # The same records with no process holding the lock: the daemon is gone.
+    assert invoke("health", *cfg).exit_code == 2
     _record(path, daemon="stopped")
     assert invoke("health", *cfg).exit_code == 2
 
@@ -151,6 +192,11 @@ def test_overall_decision_is_pure() -> None:
     assert health.explain({"daemon": stale}, Overall.DEGRADED, (), full) == full
     stopped = running | {"status": "stopped"}
     assert health.overall({"daemon": stopped}, 60, now, (), full) == Overall.DOWN
+    # A fresh heartbeat but no lock holder (the daemon was SIGKILLed): down at once.
+    assert health.overall({"daemon": running, "disk": ok}, 60, now, alive=False) == Overall.DOWN
+    assert health.explain({"daemon": running}, Overall.DOWN, alive=False) == (
+        "the daemon is not running (no process holds its lock; "
+        "last heartbeat 1970-01-01T00:16:39+00:00)")
     problems = ["s:3 crash-looping (2 crashes)"]  # seen by `status` between health records
     assert health.overall({"daemon": running}, 60, now, problems) == Overall.DEGRADED
     assert health.explain({"daemon": running}, Overall.DEGRADED, problems) == (
@@ -195,7 +241,6 @@ def test_health_compares_deployment_statuses_as_enums() -> None:
 
 def test_discovery_reports_a_vanished_storage_file_not_the_old_one(tmp_path: Path) -> None:
     """An open connection keeps reading a renamed/deleted SQLite file; the poll must notice."""
-    from pipeline_v2.config import load_config
     from pipeline_v2.discovery import Discovery
 
     path = workspace(tmp_path, {"a": stage("ok")})

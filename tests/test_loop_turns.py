@@ -92,3 +92,21 @@ def test_until_idle_waits_for_a_catch_up_done_in_slices(tmp_path: Path,
     statuses = [t.status for t in store_for(path).list_trials()]
     assert statuses == [TrialStatus.PASSED] * 10
     assert daemon.offset < 60  # never waited a check_interval between slices
+
+
+def test_until_idle_ends_while_everything_is_paused(tmp_path: Path, invoke) -> None:
+    # Work held by `pause --all` (or a trial's own pause) is not work the daemon can do:
+    # --until-idle ends idle, starting nothing, instead of running until --timeout.
+    path = workspace(tmp_path, {"a": {"run": f"{FIX}:ok", "max_attempts": 1}}, trials=3,
+                     daemon={"check_interval": 600, "workers": 2, "http": None})
+    assert invoke("pause", "--all").exit_code == 0
+    summary = SimulatedDaemon(path, mode="until_idle", timeout=600).run()
+    assert (summary.reason, summary.idle, summary.attempts) == ("idle", True, 0)
+    store = store_for(path)
+    assert [t.status for t in store.list_trials()] == [TrialStatus.PENDING] * 3
+    assert invoke("pause", "0").exit_code == 0
+    assert invoke("resume", "--all").exit_code == 0
+    summary = SimulatedDaemon(path, mode="until_idle", timeout=600).run()
+    assert (summary.reason, summary.idle, summary.attempts) == ("idle", True, 2)
+    assert [t.status for t in store.list_trials()] == (
+        [TrialStatus.PAUSED, TrialStatus.PASSED, TrialStatus.PASSED])

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pipeline_v2.config import Config
 from pipeline_v2.models import DeploymentStatus, TrialStatus
 from pipeline_v2.monitor import loop_metrics
-from pipeline_v2.status import pipeline_health, unwritable
+from pipeline_v2.status import daemon_alive, pipeline_health, unwritable
 from pipeline_v2.store import Store, observe
 
 P = "pipeline"
@@ -116,7 +116,7 @@ class PipelineCollector(Collector):
                                 "daemon's last heartbeat.",
                                 value=daemon["checked_at"] if daemon else 0.0)
         state = pipeline_health(components, config, now, None,
-                                unwritable(components, config, now))
+                                unwritable(components, config, now), daemon_alive(config))
         healthy = GaugeMetricFamily(f"{P}_health", "1 for the pipeline's current state.",
                                     labels=["state"])
         for name in ("healthy", "degraded", "down"):

@@ -63,11 +63,12 @@ def configure(
     max_bytes: int = MAX_BYTES, backups: int = BACKUPS,
 ) -> None:
     """Route every structlog event to the JSON file (and the console when stderr is a TTY)."""
-    global _configured
+    global _configured, _write_error
     root = logging.getLogger("pipeline_v2")
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
+    _write_error = None  # what the old files failed to write is not the new ones' trouble
     root.setLevel(level)
     root.propagate = False
     if logs_dir is not None:

@@ -12,10 +12,12 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 def section(results: dict) -> str:
     """The generated Markdown between the markers."""
     machine = results["machine"]
+    busy = max(machine["loadavg_at_start"], machine["loadavg_at_end"]) >= 1.0
+    load = "under load from other work on the machine" if busy else "on a quiet machine"
     lines = [
         START,
         f"Measured {results['date']} on {machine['cpu']} ({machine['cores']} cores, Python "
-        f"{machine['python']}), under load from other work on the machine (load average "
+        f"{machine['python']}), {load} (load average "
         f"{machine['loadavg_at_start']:.1f} at the start, {machine['loadavg_at_end']:.1f} at "
         f"the end){' — QUICK smoke run, small sizes' if results['quick'] else ''}; "
         f"the run took {results['seconds'] / 60:.1f} min. Figures are medians over the "

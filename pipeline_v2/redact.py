@@ -38,6 +38,20 @@ def redact_url(url: str) -> str:
         return MASK
 
 
+def redact_secret_url(url: str) -> str:
+    """A URL stored under a secret key (a webhook): scheme, host and the path's first segment
+    kept, the rest of the path masked too (Slack, Discord and Teams put the token there)."""
+    url = redact_url(url)
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return MASK
+    first, _, rest = path.lstrip("/").partition("/")
+    if not rest:
+        return url
+    return url.replace(path, f"/{first}/{MASK}", 1)
+
+
 def _redact_match(match: re.Match[str]) -> str:
     url = match.group(0)
     core = url.rstrip(".,;:!?)]")  # punctuation after a URL belongs to the sentence
@@ -51,16 +65,17 @@ def _redact_text(text: str) -> str:
 def redact(value: Any, key: str = "") -> Any:
     """`value` with secrets masked: values under secret-looking keys, URL passwords and queries.
 
-    A webhook URL keeps its scheme, host and path (so a person can tell which one it is); a
-    value under any other secret key is masked whole.
+    A URL under a secret key (a webhook) keeps its scheme, host and first path segment (so a
+    person can tell which one it is) and nothing after; any other value under a secret key is
+    masked whole.
     """
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v, key) for v in value]
     if key and value is not None and is_secret_key(key):
-        if isinstance(value, str) and "://" in value:
-            return _redact_text(value)
+        if isinstance(value, str) and _URL.fullmatch(value.strip()):
+            return redact_secret_url(value.strip())
         return MASK
     if isinstance(value, str):
         return _redact_text(value)

@@ -68,6 +68,9 @@ def test_redact_one_function_for_everything() -> None:
         "webhook": "https://h.example/hook?key=***", "api_key": "***", "rank_by": "x",
         "nested": [{"Authorization": "***"}], "storage": "postgresql://me:***@db.example/optuna",
         "secretNumber": "***"}
+    assert redact({"webhook": "https://discord.com/api/webhooks/123/TOKEN"}) == {
+        "webhook": "https://discord.com/api/***"}
+    assert redact({"webhook": "https://h.example/"}) == {"webhook": "https://h.example/"}
     assert redact("failed: POST https://h.example/x?sig=abc timed out") == (
         "failed: POST https://h.example/x?sig=*** timed out")
 
@@ -78,7 +81,7 @@ def test_notifications_and_config_show_are_redacted(tmp_path: Path, invoke) -> N
     assert body["event"]["message"] == "GET https://x.example/?token=***: 500"
     assert body["event"]["data"] == {"password": "***"} and "abc" not in body["text"]
     path = workspace(tmp_path, {"a": {"run": f"{FIX}:ok"}}, notify={
-        "webhook": "https://hooks.example.com/services/x?token=abc"})
+        "webhook": "https://hooks.slack.com/services/T0/B0/XYZSECRET?token=abc"})
     raw = json.loads(path.read_text())
     raw["daemon"]["http_token"] = "a-long-secret-token-value"
     path.write_text(json.dumps(raw))
@@ -86,8 +89,10 @@ def test_notifications_and_config_show_are_redacted(tmp_path: Path, invoke) -> N
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["daemon"]["http_token"] == "***"
-    assert shown["notify"]["webhook"] == "https://hooks.example.com/services/x?token=***"
+    # Slack (like Discord and Teams) puts its secret in the path: only the first segment shows.
+    assert shown["notify"]["webhook"] == "https://hooks.slack.com/services/***?token=***"
     assert "abc" not in result.stdout and "a-long-secret" not in result.stdout
+    assert "XYZSECRET" not in result.stdout
 
 
 def test_trial_logs_interleave_events_and_stage_output(tmp_path: Path, invoke) -> None:

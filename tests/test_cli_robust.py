@@ -251,3 +251,19 @@ def test_state_db_naming_the_optuna_storage_is_refused_untouched(
             "alembic_version tables), not a state DB; refusing to touch it (point state_db at "
             "a file of its own, e.g. pipeline_v2.db)\n")
     assert journal_mode(optuna_db) == "delete" and journal_mode(copy) == "delete"
+
+
+@pytest.mark.parametrize("args", [["status"], ["trials", "--json"], ["show", "0"]])
+def test_a_mistyped_state_db_folder_is_refused_never_created(invoke, tmp_path: Path,
+                                                              args) -> None:
+    path = stages_workspace(tmp_path, {"a": {"run": "tests.fixtures.stages:ok"}})
+    raw = json.loads(path.read_text())
+    missing = tmp_path / "no" / "such"
+    raw["state_db"] = str(missing / "p.db")
+    path.write_text(json.dumps(raw))
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {path.name}: state_db: '{missing / 'p.db'}' is in no folder ('{missing}' does not "
+        "exist); fix the path, or run `pipeline init` to create it\n")
+    assert not (tmp_path / "no").exists()

@@ -231,6 +231,13 @@ def open_workspace(config_path: Path | None, *, reading: bool = False
     from pipeline_v2.store import open_store
 
     config = load_config(config_path)
+    folder = config.state_db_path.parent
+    if reading and not folder.is_dir():  # a mistyped path: never created by a reader
+        from pipeline_v2.errors import ConfigError
+
+        raise ConfigError(f"{config.source}: state_db: {str(config.state_db_path)!r} is in no "
+                          f"folder ({str(folder)!r} does not exist); fix the path, or run "
+                          "`pipeline init` to create it")
     store = open_store(config, check="light" if reading else "quick")
     store.wakes_daemon = True  # a change made here takes effect in the daemon at once
     return config, store

@@ -11,6 +11,9 @@ MASK = "***"
 _SECRET_WORDS = {"token", "secret", "password", "passwd", "key", "apikey", "authorization",
                  "auth", "credential", "credentials", "webhook"}
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+# Hosts whose webhook URLs carry the secret in the path (Slack, Discord, Microsoft Teams).
+_WEBHOOK_HOSTS = ("hooks.slack.com", "discord.com", "discordapp.com", "webhook.office.com",
+                  "outlook.office.com", "outlook.office365.com")
 
 
 def is_secret_key(key: str) -> bool:
@@ -19,10 +22,25 @@ def is_secret_key(key: str) -> bool:
     return any(word in _SECRET_WORDS for word in words)
 
 
-def redact_url(url: str) -> str:
-    """A URL with its password and query-string values masked (webhook tokens live there)."""
+def _is_webhook_host(host: str | None) -> bool:
+    return bool(host) and any(host == h or host.endswith(f".{h}")  # type: ignore[union-attr]
+                              for h in _WEBHOOK_HOSTS)
+
+
+def redact_url(url: str, webhook: bool = False) -> str:
+    """A URL with its password and query-string values masked (webhook tokens live there).
+
+    A webhook URL (`webhook`, or an http(s) URL of a known webhook host: Slack, Discord,
+    Teams) also keeps only the first segment of its path, the rest masked:
+    `https://hooks.slack.com/services/***`.
+    """
     try:
         parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and (webhook or _is_webhook_host(parts.hostname)):
+            first, slash, rest = parts.path.lstrip("/").partition("/")
+            if rest:
+                url = url.replace(f"{parts.netloc}{parts.path}",
+                                  f"{parts.netloc}/{first}{slash}{MASK}", 1)
         # Edit the original text in place: urlunsplit drops the empty host of `sqlite:///x.db`
         # (`sqlite:/x.db`) and turns `sqlite:////abs/x.db` into host `abs`.
         if parts.password is not None:
@@ -38,44 +56,32 @@ def redact_url(url: str) -> str:
         return MASK
 
 
-def redact_secret_url(url: str) -> str:
-    """A URL stored under a secret key (a webhook): scheme, host and the path's first segment
-    kept, the rest of the path masked too (Slack, Discord and Teams put the token there)."""
-    url = redact_url(url)
-    try:
-        path = urlsplit(url).path
-    except ValueError:
-        return MASK
-    first, _, rest = path.lstrip("/").partition("/")
-    if not rest:
-        return url
-    return url.replace(path, f"/{first}/{MASK}", 1)
-
-
-def _redact_match(match: re.Match[str]) -> str:
+def _redact_match(match: re.Match[str], webhook: bool = False) -> str:
     url = match.group(0)
     core = url.rstrip(".,;:!?)]")  # punctuation after a URL belongs to the sentence
-    return redact_url(core) + url[len(core):]
+    return redact_url(core, webhook) + url[len(core):]
 
 
-def _redact_text(text: str) -> str:
-    return _URL.sub(_redact_match, text) if "://" in text else text
+def _redact_text(text: str, webhook: bool = False) -> str:
+    if "://" not in text:
+        return text
+    return _URL.sub(lambda m: _redact_match(m, webhook), text)
 
 
 def redact(value: Any, key: str = "") -> Any:
     """`value` with secrets masked: values under secret-looking keys, URL passwords and queries.
 
-    A URL under a secret key (a webhook) keeps its scheme, host and first path segment (so a
-    person can tell which one it is) and nothing after; any other value under a secret key is
-    masked whole.
+    A URL under a secret key (`webhook`) keeps its scheme, host and the first segment of its
+    path (so a person can tell which one it is), the rest masked; so does a URL of a known
+    webhook host anywhere. A value under any other secret key is masked whole.
     """
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v, key) for v in value]
     if key and value is not None and is_secret_key(key):
-        if isinstance(value, str) and _URL.fullmatch(value.strip()):
-            return redact_secret_url(value.strip())
+        if isinstance(value, str) and "://" in value:
+            return _redact_text(value, webhook=True)
         return MASK
     if isinstance(value, str):
         return _redact_text(value)

@@ -253,17 +253,23 @@ def test_state_db_naming_the_optuna_storage_is_refused_untouched(
     assert journal_mode(optuna_db) == "delete" and journal_mode(copy) == "delete"
 
 
-@pytest.mark.parametrize("args", [["status"], ["trials", "--json"], ["show", "0"]])
-def test_a_mistyped_state_db_folder_is_refused_never_created(invoke, tmp_path: Path,
-                                                              args) -> None:
-    path = stages_workspace(tmp_path, {"a": {"run": "tests.fixtures.stages:ok"}})
-    raw = json.loads(path.read_text())
-    missing = tmp_path / "no" / "such"
-    raw["state_db"] = str(missing / "p.db")
-    path.write_text(json.dumps(raw))
-    result = invoke(*args)
-    assert result.exit_code == 2
-    assert result.stderr == (
-        f"error: {path.name}: state_db: '{missing / 'p.db'}' is in no folder ('{missing}' does not "
-        "exist); fix the path, or run `pipeline init` to create it\n")
-    assert not (tmp_path / "no").exists()
+def test_read_only_commands_never_create_a_mistyped_state_db(invoke, tmp_path: Path) -> None:
+    from tests.engine_helpers import workspace
+
+    missing = tmp_path / "nonexistent" / "dir" / "x.db"
+    path = workspace(tmp_path, {"a": {"run": "tests.fixtures.stages:ok"}}, state_db=str(missing))
+    expected = (f'error: state_db: no state DB at "{missing}" (run `pipeline init` or start the '
+                "daemon)\n")
+    for args in (["status"], ["trials"], ["show", "0"], ["report"], ["logs", "0"], ["health"]):
+        result = invoke(*args, "--config", str(path))
+        assert (result.exit_code, result.stderr) == (2, expected), args
+    assert not (tmp_path / "nonexistent").exists()
+    # A missing file in an existing folder: status refuses; health reports "no daemon yet".
+    path = workspace(tmp_path, {"a": {"run": "tests.fixtures.stages:ok"}}, state_db="typo.db")
+    result = invoke("status", "--config", str(path))
+    assert (result.exit_code, result.stderr) == (2, expected.replace(
+        str(missing), str(tmp_path / "typo.db")))
+    assert not (tmp_path / "typo.db").exists()
+    # Writing commands still create it.
+    assert invoke("init", "--config", str(path)).exit_code == 0
+    assert invoke("status", "--config", str(path)).exit_code == 0

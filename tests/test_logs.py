@@ -75,6 +75,37 @@ def test_redact_one_function_for_everything() -> None:
         "failed: POST https://h.example/x?sig=*** timed out")
 
 
+SLACK = "https://hooks.slack.com/services/T0/B0/XYZSECRET"
+
+
+def test_webhook_urls_keep_only_the_first_path_segment() -> None:
+    assert redact({"webhook": SLACK}) == {"webhook": "https://hooks.slack.com/services/***"}
+    # Known webhook hosts are masked wherever they appear, under any key or in free text.
+    assert redact("POST https://discord.com/api/webhooks/123/TOKEN failed.") == (
+        "POST https://discord.com/api/*** failed.")
+    assert redact({"url": "https://acme.webhook.office.com/webhookb2/g@t/IncomingWebhook/k"}) == {
+        "url": "https://acme.webhook.office.com/webhookb2/***"}
+    # Other URLs outside a secret key keep their path; a one-segment webhook path stays.
+    assert redact("see https://github.com/a/b/c") == "see https://github.com/a/b/c"
+    assert redact({"webhook": "https://h.example/hook"}) == {"webhook": "https://h.example/hook"}
+
+
+def test_a_slack_webhook_is_masked_in_config_show_and_log_lines(
+        tmp_path: Path, invoke, configured_logs: Path) -> None:
+    path = workspace(tmp_path, {"a": {"run": f"{FIX}:ok"}}, notify={"webhook": SLACK})
+    result = invoke("config", "show", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["notify"]["webhook"] == (
+        "https://hooks.slack.com/services/***")
+    assert "XYZSECRET" not in result.stdout
+    logs.configure(configured_logs, console=False)
+    logs.get_logger("test").warning("notification_failed", error=f"URLError: {SLACK} refused",
+                                    target=SLACK)
+    line = json.loads((configured_logs / "pipeline.jsonl").read_text())
+    assert line["error"] == "URLError: https://hooks.slack.com/services/*** refused"
+    assert line["target"] == "https://hooks.slack.com/services/***"
+
+
 def test_notifications_and_config_show_are_redacted(tmp_path: Path, invoke) -> None:
     body = payload({"kind": "trial.failed", "message": "GET https://x.example/?token=abc: 500",
                     "data": {"password": "pw"}, "study": "s", "trial_number": 1})

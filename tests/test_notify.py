@@ -64,6 +64,25 @@ def test_a_down_webhook_never_blocks_the_loop(tmp_path: Path) -> None:
     assert "Connection refused" in row["last_error"]
 
 
+def test_a_failing_slack_webhook_error_is_stored_without_its_secret(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    from pipeline_v2 import notify
+
+    slack = "https://hooks.slack.com/services/T0/B0/XYZSECRET"
+
+    def refuse(url: str, *_args: object) -> None:  # the network beyond this machine
+        raise urllib.error.URLError(f"cannot reach {url}")
+
+    monkeypatch.setattr(notify, "post_webhook", refuse)
+    path = workspace(tmp_path, FAILING, notify={"webhook": slack})
+    assert run(path, timeout=20).idle
+    row = store_for(path).db.execute("SELECT last_error FROM outbox").fetchone()
+    assert row["last_error"] == (
+        "URLError: <urlopen error cannot reach https://hooks.slack.com/services/***>")
+
+
 def test_notify_command_gets_the_event_on_stdin(tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
     script = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')"

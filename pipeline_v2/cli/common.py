@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import sqlite3
 import sys
 import traceback
@@ -225,19 +226,19 @@ def load_config(config_path: Path | None) -> Config:
     return load(config_path)
 
 
-def open_workspace(config_path: Path | None, *, reading: bool = False
+def open_workspace(config_path: Path | None, *, reading: bool = False, existing: bool = False
                    ) -> tuple[Config, Store]:
-    """Load the config and open its state DB (`reading`: a cheap check, no quick_check)."""
+    """Load the config and open its state DB (`reading`: a cheap check, no quick_check).
+
+    `reading` commands never create the state DB; `existing` ones (`health`, which reports
+    "no daemon has run yet" on a fresh workspace) never create its folder."""
     from pipeline_v2.store import open_store
 
     config = load_config(config_path)
-    folder = config.state_db_path.parent
-    if reading and not folder.is_dir():  # a mistyped path: never created by a reader
-        from pipeline_v2.errors import ConfigError
-
-        raise ConfigError(f"{config.source}: state_db: {str(config.state_db_path)!r} is in no "
-                          f"folder ({str(folder)!r} does not exist); fix the path, or run "
-                          "`pipeline init` to create it")
+    db = config.state_db_path
+    if (reading and not db.exists()) or (existing and not db.parent.is_dir()):
+        raise ConfigError(f"state_db: no state DB at {json.dumps(str(config.state_db_path))} "
+                          "(run `pipeline init` or start the daemon)")
     store = open_store(config, check="light" if reading else "quick")
     store.wakes_daemon = True  # a change made here takes effect in the daemon at once
     return config, store

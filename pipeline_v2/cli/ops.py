@@ -29,7 +29,7 @@ def health(config: ConfigPath = None, json_: JsonFlag = False) -> None:
     from pipeline_v2.health import EXIT_CODES, Overall
     from pipeline_v2.status import health_report
 
-    cfg, store = open_workspace(config)
+    cfg, store = open_workspace(config, existing=True)
     report = health_report(store, cfg, time.time())
     emit(report, json_, lambda r: render_ops.health_view(r))
     code = EXIT_CODES[Overall(report["status"])]
@@ -59,7 +59,7 @@ def logs(
         history = logview.tail_daemon(cfg, lines) if lines else []
         files = [(logview.daemon_log(cfg), "daemon")]
     else:
-        cfg, store = open_workspace(config)
+        cfg, store = open_workspace(config, reading=True)
         keep = lines or None  # each source's last N hold the merged last N: bounded memory
         events, trial_files = logview.trial_sources(store, cfg, trial, stage, keep)
         store.close()

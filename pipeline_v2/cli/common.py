@@ -230,13 +230,14 @@ def open_workspace(config_path: Path | None, *, reading: bool = False, existing:
                    ) -> tuple[Config, Store]:
     """Load the config and open its state DB (`reading`: a cheap check, no quick_check).
 
-    `reading` commands never create the state DB; `existing` ones (`health`, which reports
-    "no daemon has run yet" on a fresh workspace) never create its folder."""
+    Neither `reading` commands nor `existing` ones (`health`) create the state DB's folder: a
+    folder that does not exist is a mistyped `state_db`. In an existing folder a reader may
+    come before the daemon (status while it starts) and sees an empty pipeline."""
     from pipeline_v2.store import open_store
 
     config = load_config(config_path)
     db = config.state_db_path
-    if (reading and not db.exists()) or (existing and not db.parent.is_dir()):
+    if (reading or existing) and not db.parent.is_dir():
         raise ConfigError(f"state_db: no state DB at {json.dumps(str(config.state_db_path))} "
                           "(run `pipeline init` or start the daemon)")
     store = open_store(config, check="light" if reading else "quick")

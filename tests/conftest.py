@@ -73,3 +73,19 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     server.reset()
     missing = server.reader.rsplit("/", 1)[0] + "/pv2_no_such_db"
     return Storage(kind, server.writer, server.reader, missing)
+
+
+@pytest.fixture
+def no_trader_outlives_its_test(tmp_path: Path) -> Iterator[None]:
+    """Traders are meant to outlive daemons; they must not outlive the test (modules that
+    start them use it through `pytestmark`)."""
+    import contextlib
+
+    import psutil
+
+    from tests.test_deploy import traders
+
+    yield
+    for proc in traders(tmp_path, shims=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()

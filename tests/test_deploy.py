@@ -3,7 +3,6 @@ re-adoption after a SIGKILLed daemon, recycled pids, promotion and evaluation.""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -23,13 +22,7 @@ TRADER = str(ROOT / "tests" / "fixtures" / "trader.py")
 D = DeploymentStatus
 
 
-@pytest.fixture(autouse=True)
-def no_trader_outlives_its_test(tmp_path: Path):
-    """Traders are meant to outlive daemons; they must not outlive the test."""
-    yield
-    for proc in traders(tmp_path, shims=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+pytestmark = pytest.mark.usefixtures("no_trader_outlives_its_test")
 
 
 def traders(tmp_path: Path, shims: bool = False) -> list[psutil.Process]:

@@ -3,27 +3,20 @@ simulated period with an injected clock (the selector's wait advances it)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pipeline_v2.daemon import Daemon
 from pipeline_v2.models import TrialStatus
 from tests.engine_helpers import FIX, run, store_for, workspace
-from tests.test_deploy import stages, traders
+from tests.test_deploy import stages
 
 MAX_TURNS = 2000
 
 
-@pytest.fixture(autouse=True)
-def no_trader_outlives_its_test(tmp_path: Path):
-    yield
-    for proc in traders(tmp_path, shims=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+pytestmark = pytest.mark.usefixtures("no_trader_outlives_its_test")
 
 
 class SimulatedDaemon(Daemon):

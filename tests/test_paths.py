@@ -3,10 +3,8 @@ trader, and is on the import path of callable stages."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pipeline_v2.backtest.data import save_csv
@@ -14,7 +12,6 @@ from pipeline_v2.backtest.model import save_model
 from pipeline_v2.backtest.synthetic import regime_bars
 from pipeline_v2.models import StageStatus, TrialStatus
 from tests.engine_helpers import run, store_for, workspace
-from tests.test_deploy import traders
 
 STAGE_MODULE = '''
 from pathlib import Path
@@ -31,12 +28,7 @@ with open(os.environ["PIPELINE_RESULT_FILE"], "w") as fh:
 '''
 
 
-@pytest.fixture(autouse=True)
-def no_trader_outlives_its_test(tmp_path: Path):
-    yield
-    for proc in traders(tmp_path, shims=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+pytestmark = pytest.mark.usefixtures("no_trader_outlives_its_test")
 
 
 def test_stages_and_trader_run_in_the_config_folder(tmp_path: Path, monkeypatch) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pipeline_v2.models import DeploymentStatus, StageStatus, TrialStatus
@@ -16,12 +14,7 @@ from tests.test_deploy import stages, traders
 D = DeploymentStatus
 
 
-@pytest.fixture(autouse=True)
-def no_trader_outlives_its_test(tmp_path: Path):
-    yield
-    for proc in traders(tmp_path, shims=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+pytestmark = pytest.mark.usefixtures("no_trader_outlives_its_test")
 
 
 def running_numbers(path: Path) -> list[int]:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.engine_helpers import FIX, run, spawn_daemon, store_for, wait_for, workspace
-from tests.test_deploy import stages, traders
+from tests.test_deploy import stages
 
-
-@pytest.fixture(autouse=True)
-def no_trader_outlives_its_test(tmp_path: Path):
-    yield
-    for proc in traders(tmp_path, shims=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+pytestmark = pytest.mark.usefixtures("no_trader_outlives_its_test")
 
 
 def test_status_is_degraded_while_deployments_are_fatal(tmp_path: Path, invoke) -> None:
